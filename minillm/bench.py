@@ -1,0 +1,63 @@
+"""Timing helpers for the benchmark scripts, and where their JSON results live.
+
+Throughput is ``tokens / median(seconds per call)`` over repeated calls after warm-up; on a GPU the
+device is synchronised around each call so the clock sees the kernels, not just their launch.
+Every result file records :func:`minillm.runtime.machine_info`, so a figure names its device.
+
+Defined in the foundation; every chapter's benchmark writes through :func:`write_results`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from minillm.runtime import machine_info
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", warmup: int = 3,
+              repeats: int = 10) -> dict[str, float]:
+    """Seconds per call of ``fn``: median, min and max over ``repeats`` timed calls."""
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
+
+
+def results_path(name: str, profile: str, device: torch.device | str, results_dir: Path | None = None) -> Path:
+    """``benchmarks/results/<name>-<profile>-<cpu|cuda>.json``."""
+    return (results_dir or RESULTS_DIR) / f"{name}-{profile}-{torch.device(device).type}.json"
+
+
+def write_results(path: Path, results: dict, device: torch.device | str) -> Path:
+    """Write ``results`` plus the machine description as JSON."""
+    payload = {"machine": machine_info(device), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **results}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def read_results(path: Path, command: str) -> dict:
+    """Load a result file, or explain which command makes it."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} does not exist yet; produce it with:\n  {command}")
+    return json.loads(Path(path).read_text())
