@@ -1,0 +1,48 @@
+# Two commands on a fresh machine:  `make book`  and  `make test`  (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: book test venv browser data exercises bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
+	touch $(STAMP)
+
+## Execute every chapter and build the website strictly into _build/html.
+book: venv
+	$(BIN)/jupyter-book build --all -W -n --keep-going .
+
+## Unit tests, exercise sync, every notebook under nbval, and the built site in headless Chromium.
+test: venv browser
+	$(BIN)/python scripts/make_exercises.py --check
+	$(BIN)/python -m pytest $(NBVAL) tests book solutions
+
+## Headless Chromium for the end-to-end test (installed with apt when running as root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: install Chromium (e.g. 'sudo apt-get install chromium') to run the browser test"; fi; }
+
+## Fetch the offline data into the cache (~/.cache/minillm or $$MINILLM_CACHE).
+data: venv
+	$(BIN)/python -c "from minillm.shakespeare import load_shakespeare; print(len(load_shakespeare()), 'characters')"
+
+## Regenerate exercises/ from solutions/.
+exercises: venv
+	$(BIN)/python scripts/make_exercises.py
+
+## Run the benchmarks (on a GPU machine: MINILLM_PROFILE=full make bench).
+bench: venv
+	$(BIN)/python benchmarks/attention_throughput.py
+
+clean:
+	rm -rf _build .pytest_cache
