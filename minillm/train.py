@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -115,6 +116,7 @@ class TrainHistory:
     train_loss: list[float] = field(default_factory=list)  # estimated at eval points
     val_loss: list[float] = field(default_factory=list)
     batch_loss: list[float] = field(default_factory=list)  # every iteration
+    extra: list[dict[str, float]] = field(default_factory=list)  # eval_callback results at eval points
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0  # process CPU time, all threads
     tokens_seen: int = 0
@@ -125,8 +127,14 @@ class TrainHistory:
 
 
 def train_lm(model, splits: TokenSplits, cfg: TrainConfig, device: torch.device | str = "cpu",
-             tracker: Tracker | None = None, progress: bool = True) -> TrainHistory:
-    """Train ``model`` (returning ``(logits, loss)`` from ``model(x, y)``) on next-token prediction."""
+             tracker: Tracker | None = None, progress: bool = True,
+             eval_callback: Callable[[int, torch.nn.Module], dict[str, float]] | None = None) -> TrainHistory:
+    """Train ``model`` (returning ``(logits, loss)`` from ``model(x, y)``) on next-token prediction.
+
+    The loss ``model(x, y)`` returns is what is minimised, so a model may add auxiliary terms to it
+    (chapter 2's load-balancing loss). At every evaluation point ``eval_callback(iteration, model)`` may
+    return extra metrics (e.g. per-expert load); they are kept in ``history.extra`` and logged to mlflow.
+    """
     block_size = model.config.block_size
     gen_train = torch.Generator().manual_seed(cfg.seed)
     gen_eval = torch.Generator().manual_seed(cfg.seed + 1)
@@ -155,7 +163,12 @@ def train_lm(model, splits: TokenSplits, cfg: TrainConfig, device: torch.device 
             history.iters.append(it + 1)
             history.train_loss.append(losses["train"])
             history.val_loss.append(losses["val"])
-            tracker.log_metrics({"train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}, step=it + 1)
+            metrics = {"train_loss": losses["train"], "val_loss": losses["val"], "lr": lr}
+            if eval_callback is not None:
+                extra = eval_callback(it + 1, model)
+                history.extra.append(extra)
+                metrics.update(extra)
+            tracker.log_metrics(metrics, step=it + 1)
             bar.set_postfix(train=f"{losses['train']:.3f}", val=f"{losses['val']:.3f}")
     history.wall_seconds = time.perf_counter() - t0
     history.cpu_seconds = time.process_time() - c0

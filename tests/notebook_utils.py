@@ -1,0 +1,37 @@
+"""Helpers for tests that read chapter notebooks: run the cells that re-derive package classes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def code_cells(notebook: str | Path, tag: str | None = None) -> list[str]:
+    """Sources of the notebook's code cells (only those carrying ``tag`` when given)."""
+    nb = json.loads((ROOT / notebook).read_text(encoding="utf-8"))
+    out = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        if tag is not None and tag not in cell.get("metadata", {}).get("tags", []):
+            continue
+        source = cell["source"]
+        out.append("".join(source) if isinstance(source, list) else source)
+    return out
+
+
+def exec_tagged_cells(notebook: str | Path, tag: str = "package-twin") -> dict:
+    """Execute the cells tagged ``tag`` (class and function definitions) and return their namespace.
+
+    Chapters tag each cell that re-derives a package class inline with ``package-twin``; tests then
+    hold the notebook's version equal to the package's on seeded inputs.
+    """
+    sources = code_cells(notebook, tag)
+    if not sources:
+        raise AssertionError(f"{notebook} has no cell tagged {tag!r}")
+    namespace: dict = {}
+    for source in sources:
+        exec(compile(source, f"{notebook}[{tag}]", "exec"), namespace)
+    return namespace
