@@ -48,7 +48,7 @@ class FinetuneConfig:
     compile: bool = False  # torch.compile the model
 
 
-TINY = FinetuneConfig(train_size=256, test_size=400, max_length=32, epochs=1, trainable_layers=2)
+TINY = FinetuneConfig(train_size=1024, test_size=400, max_length=32, epochs=1, trainable_layers=2)
 FULL = FinetuneConfig(max_length=64, epochs=2, amp=True, compile=True)
 
 
