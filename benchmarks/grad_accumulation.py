@@ -59,7 +59,8 @@ def measure(scheme: str, steps: int) -> dict:
     micro, k = SCHEMES[scheme]
     cfg = default_config()
     device = pick_device()
-    torch.set_num_threads(2) if device.type == "cpu" else None
+    if device.type == "cpu":
+        torch.set_num_threads(2)
     seed_everything(cfg.seed)
     splits = load_sentiment_splits(cfg.corpus, seed=cfg.seed)
     model, tok = load_minilm_classifier(seed=cfg.seed)
@@ -67,6 +68,7 @@ def measure(scheme: str, steps: int) -> dict:
     model.to(device)
     data = tokenize_examples(tok, splits.train[: micro * k * (steps + 1)], cfg.max_length)
     loader = list(make_loader(data, micro, shuffle=False, pad_id=tok.pad_token_id))
+    model.train()  # dropout masks are saved for backward too: measure the training forward pass
     activations = saved_activation_bytes(model, {n: t.to(device) for n, t in loader[0].items()})
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     amp = torch.bfloat16 if cfg.amp else None

@@ -87,7 +87,10 @@ def bloom_classifier(pretrained: bool = False, num_labels: int = 2, seed: int = 
 def freeze_lower_layers(model: torch.nn.Module, trainable_layers: int | None) -> int:
     """Train only the top ``trainable_layers`` encoder layers, the pooler and the head; return #trainable."""
     if trainable_layers is not None:
-        layers = model.base_model.encoder.layer
+        layers = getattr(getattr(model.base_model, "encoder", None), "layer", None)
+        if layers is None:
+            raise TypeError(f"freeze_lower_layers supports BERT-style encoders (base_model.encoder.layer); "
+                            f"{type(model).__name__} has none — pass trainable_layers=None to train everything")
         if not 0 <= trainable_layers <= len(layers):
             raise ValueError(f"trainable_layers must be in [0, {len(layers)}], got {trainable_layers}")
         for p in model.base_model.parameters():
@@ -116,17 +119,25 @@ def evaluate_accuracy(model: torch.nn.Module, loader, num_classes: int = 2) -> f
     return float(metric.compute())
 
 
+def _is_parameter_copy(t: torch.Tensor) -> bool:
+    # Autocast saves a low-precision copy of each weight it multiplies: weights, not activations.
+    fn = t.grad_fn
+    return (fn is not None and type(fn).__name__ == "ToCopyBackward0"
+            and all(type(f).__name__ == "AccumulateGrad" for f, _ in fn.next_functions if f is not None))
+
+
 def saved_activation_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor], unit: str = "examples") -> int:
     """Bytes of the tensors autograd saves for backward during one forward pass (parameters excluded).
 
-    Each storage is counted once (views share it). This is the memory that scales with the micro-batch.
+    Each storage is counted once (views share it); the reduced-precision weight copies autocast makes are not
+    activations and are left out. This is the memory that scales with the micro-batch.
     """
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
+        if storage.data_ptr() not in params and not _is_parameter_copy(t):
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
@@ -178,6 +189,7 @@ def run_finetune(name: str, micro_batch_size: int, accumulation_steps: int, cfg:
     test_loader = make_loader(test, 64, pad_id=pad)
     amp_dtype = torch.bfloat16 if cfg.amp else None
     probe = {k: v.to(device) for k, v in next(iter(make_loader(train, micro_batch_size, pad_id=pad))).items()}
+    model.train()  # dropout masks are saved for backward too: measure the training forward pass
     activations = saved_activation_bytes(model, probe)
     trained = torch.compile(model) if cfg.compile else model
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)

@@ -146,6 +146,8 @@ def test_freeze_lower_layers_and_accuracy_metric():
     assert trainable == {"3"} and model.classifier.weight.requires_grad and n > 0
     with pytest.raises(ValueError, match="trainable_layers"):
         freeze_lower_layers(model, 5)
+    with pytest.raises(TypeError, match="BERT-style"):
+        freeze_lower_layers(bloom_classifier(seed=0), 1)
 
     class Fixed(torch.nn.Module):  # predicts class 1 for every example
         def __init__(self):
@@ -166,3 +168,19 @@ def test_run_finetune_smoke():
     result = run_finetune("smoke", micro_batch_size=2, accumulation_steps=2, cfg=cfg, progress=False)
     assert len(result.step_losses) == 2 and 0.0 <= result.test_accuracy <= 1.0
     assert result.activation_bytes > 0 and result.cuda_peak_bytes is None
+
+
+def test_autocast_weight_copies_are_not_activations():
+    from minillm.finetune import _is_parameter_copy
+
+    weight = torch.nn.Parameter(torch.randn(4, 4))
+    assert _is_parameter_copy(weight.to(torch.bfloat16))
+    assert not _is_parameter_copy((weight * 2).to(torch.bfloat16))
+    assert not _is_parameter_copy(torch.randn(4, 4).to(torch.bfloat16))
+    model = bloom_classifier(seed=0).train()
+    batch = _classification_batch(n=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = saved_activation_bytes(model, batch)
+    params = sum(p.numel() for p in model.parameters() if p.dim() == 2) * 2  # bf16 copies of all matrices
+    # Copies of the weights are left out: what remains is the activations, in whichever precision they were saved.
+    assert 0 < mixed < saved_activation_bytes(model, batch) + params // 2
