@@ -159,7 +159,7 @@ def train_accumulated(model: torch.nn.Module, loader: Iterable[dict[str, torch.T
         if hasattr(loader, "__len__"):
             total = -(-len(loader) // accumulation_steps)
         bar = tqdm(grouped(loader, accumulation_steps), total=total, desc=f"{desc} epoch {epoch + 1}/{epochs}",
-                   disable=not progress, leave=False)
+                   disable=not progress, leave=False, mininterval=5.0)  # few refreshes: small notebook outputs
         for group in bar:
             group = [_to(b, device) for b in group]
             loss = accumulate_gradients(model, group, unit, "units", autocast_dtype, scaler)

@@ -90,7 +90,9 @@ def load_minilm_classifier(num_labels: int = 2, seed: int | None = 0, dtype: tor
     transformers = _transformers()
     path = minilm_path()
     level = transformers.logging.get_verbosity()
+    bar = transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()  # "newly initialized head" is the point here, not a warning
+    transformers.utils.logging.disable_progress_bar()  # a 100-tensor load needs no progress bar
     try:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -99,6 +101,8 @@ def load_minilm_classifier(num_labels: int = 2, seed: int | None = 0, dtype: tor
                 path, num_labels=num_labels, dtype=dtype)
     finally:
         transformers.logging.set_verbosity(level)
+        if bar:
+            transformers.utils.logging.enable_progress_bar()
     return model, load_minilm_tokenizer()
 
 
