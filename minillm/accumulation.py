@@ -178,6 +178,6 @@ def train_accumulated(model: torch.nn.Module, loader: Iterable[dict[str, torch.T
             log.examples += sum(int(b["labels"].shape[0]) for b in group)
             if tracker is not None:
                 tracker.log_metrics({"train_loss": loss}, step=log.steps)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)  # shown at the next (rate-limited) refresh
     log.seconds = time.perf_counter() - start
     return log
