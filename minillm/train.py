@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minillm.batching import TokenSplits, get_batch, sequential_windows
 from minillm.profile import Profile, current_profile
@@ -144,7 +144,7 @@ def train_lm(model, splits: TokenSplits, cfg: TrainConfig, device: torch.device 
     tracker.log_params({f"train.{k}": v for k, v in asdict(cfg).items()})
     model.train()
     t0, c0 = time.perf_counter(), time.process_time()
-    bar = tqdm(range(cfg.max_iters), desc="training", disable=not progress, mininterval=2.0)
+    bar = tqdm(range(cfg.max_iters), desc="training", disable=not progress, mininterval=10.0)
     for it in bar:
         lr = lr_at(it, cfg)
         for group in optimizer.param_groups:
