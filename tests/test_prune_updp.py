@@ -210,3 +210,36 @@ def test_missing_fashion_mnist_names_the_install_command(tmp_path, monkeypatch):
         fashion_mnist_dir()
     with pytest.raises(ValueError, match="unknown image data set"):
         load_image_data("cifar")
+
+
+def test_run_updp_pipeline_on_synthetic_data():
+    from minillm.prune.progressive import describe_mask, run_updp
+    from minillm.prune.progressive import UPDP_TINY
+    import dataclasses
+    cfg = dataclasses.replace(UPDP_TINY, baseline=TrainConfig(epochs=1, batch_size=48),
+                              supernet=TrainConfig(epochs=1, batch_size=48), subnet=TrainConfig(epochs=1, batch_size=48),
+                              search=SearchConfig(population=3, generations=2, elite=2))
+    result = run_updp(TinyViT(SMALL_VIT), _tiny_data(), cfg, pruned_blocks=1)
+    assert sum(result.search.best) == 1
+    assert set(result.merged) == {"direct", "progressive"}
+    assert max(result.merge_rel_err.values()) < RTOL
+    assert result.accuracy["progressive"] == result.accuracy["progressive_merged"]
+    assert result.layers["progressive_merged"]["weight"] == result.layers["baseline"]["weight"] - 1
+    assert describe_mask((True, False)) == "P F"
+    with pytest.raises(ValueError, match="prune"):
+        run_updp(TinyViT(SMALL_VIT), _tiny_data(), cfg, pruned_blocks=0)
+
+
+def test_latency_benchmark_masks():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "updp_latency.py"
+    spec = importlib.util.spec_from_file_location("updp_latency", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.spread_mask(6, 3) == (True, False, True, False, False, True)
+    for n, k in [(6, 3), (8, 4), (4, 2), (5, 1)]:
+        assert sum(bench.spread_mask(n, k)) == k
+    row = bench.measure(ResCNN, SMALL_CNN, 2, 8, 8, torch.device("cpu"), repeats=2)
+    assert row["merge_rel_err"] < RTOL
+    assert row["models"]["merged"]["layers"]["weight"] < row["models"]["baseline"]["layers"]["weight"]

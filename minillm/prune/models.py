@@ -82,7 +82,7 @@ def count_layers(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     was_training = model.training
     model.eval()
     try:
-        model(example[:1])
+        model(example[:1].to(next(model.parameters()).device))
     finally:
         model.train(was_training)
         for h in handles:
