@@ -243,3 +243,15 @@ def test_latency_benchmark_masks():
     row = bench.measure(ResCNN, SMALL_CNN, 2, 8, 8, torch.device("cpu"), repeats=2)
     assert row["merge_rel_err"] < RTOL
     assert row["models"]["merged"]["layers"]["weight"] < row["models"]["baseline"]["layers"]["weight"]
+
+
+@pytest.mark.parametrize("make, cfg", [(ResCNN, "CNN_FULL"), (TinyViT, "VIT_FULL")])
+def test_full_profile_models_merge_exactly_on_28px_images(make, cfg):
+    from minillm.prune import models
+    cfg = getattr(models, cfg)
+    model = make(cfg)
+    model.set_subnet(tuple(i % 2 == 1 for i in range(cfg.depth)))
+    model.set_lambda(1.0)
+    x = torch.randn(8, 1, 28, 28)
+    random_bn_stats(model, x, steps=2)
+    assert rel_err(model.merged()(x), model(x)) < RTOL
