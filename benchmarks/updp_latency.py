@@ -1,8 +1,8 @@
 """Latency of UPDP depth pruning: baseline vs pruned subnet (unmerged) vs merged subnet, batch 128.
 
 Latency does not depend on the weight values, so each model is built from the profile's preset with
-seeded random weights and BN statistics; the pruned subnet prunes the first ``pruned_blocks`` blocks of
-every other position (the notebook's searched subnet has the same depth, so the same cost). The merged
+seeded random weights and BN statistics; the pruned subnet prunes the preset's ``pruned_blocks`` blocks,
+spread evenly over the depth (the notebook's searched subnet prunes as many, so it costs the same). The merged
 model is produced by the package's reparameterisation and checked equal to the unmerged subnet first.
 
     .venv/bin/python benchmarks/updp_latency.py                # CPU (or the GPU when one is present)

@@ -17,6 +17,8 @@ Defined in chapter 6 (UPDP depth pruning).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,7 +105,7 @@ class PrunableConvBlock(PrunableBlock):
         conv = reparam.merge_1x1_kxk(first, self.conv2)  # k×k, padding p
         conv = reparam.add_identity_conv(conv)  # + x
         conv = reparam.fuse_conv_bn(conv, self.post_bn)
-        return nn.Sequential(conv, make_act(self.post_act.__class__.__name__.lower()))
+        return nn.Sequential(conv, copy.deepcopy(self.post_act))
 
 
 class Attention(nn.Module):
@@ -153,7 +155,7 @@ class PrunableViTBlock(PrunableBlock):
         self._check_mergeable()
         fc = reparam.merge_linears(reparam.fuse_bn_linear(self.bn2, self.fc1), self.fc2)
         fc = reparam.fuse_linear_bn(reparam.add_identity_linear(fc), self.post_bn)
-        return MergedViTBlock(self.ln1, self.attn, fc, make_act(self.post_act.__class__.__name__.lower()))
+        return MergedViTBlock(self.ln1, self.attn, fc, copy.deepcopy(self.post_act))
 
 
 class MergedViTBlock(nn.Module):
