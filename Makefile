@@ -9,10 +9,11 @@ NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q --upgrade pip
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
@@ -43,6 +44,7 @@ exercises: venv
 ## Run the benchmarks (on a GPU machine: MINILLM_PROFILE=full make bench).
 bench: venv
 	$(BIN)/python benchmarks/attention_throughput.py
+	$(BIN)/python benchmarks/grad_accumulation.py
 	$(BIN)/python benchmarks/updp_latency.py
 
 clean:
