@@ -81,7 +81,7 @@ def genetic_search(fitness: Callable[[Mask], float], n: int, k: int, cfg: Search
         return result.evaluated[mask]
 
     population = list({random_mask(n, k, rng) for _ in range(cfg.population * 4)})[:cfg.population]
-    for _ in tqdm(range(cfg.generations), desc="search", leave=False):
+    for _ in tqdm(range(cfg.generations), desc="search", leave=False, mininterval=5.0):
         ranked = sorted(population, key=lambda m: (-score(m), m))
         if score(ranked[0]) > result.best_fitness:
             result.best, result.best_fitness = ranked[0], score(ranked[0])

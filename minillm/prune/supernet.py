@@ -95,7 +95,7 @@ def train(model: PrunableModel, data: ImageData, cfg: TrainConfig,
     fixed = model.subnet
     losses: list[float] = []
     model.train()
-    bar = tqdm(total=total, desc=desc, leave=False)
+    bar = tqdm(total=total, desc=desc, leave=False, mininterval=5.0)  # few refreshes: small notebook outputs
     for step in range(total):
         if step % steps_per_epoch == 0:
             order = torch.randperm(len(data.y_train), generator=g)
