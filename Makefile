@@ -45,6 +45,7 @@ exercises: venv
 bench: venv
 	$(BIN)/python benchmarks/attention_throughput.py
 	$(BIN)/python benchmarks/grad_accumulation.py
+	$(BIN)/python benchmarks/updp_latency.py
 
 clean:
 	rm -rf _build .pytest_cache
