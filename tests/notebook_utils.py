@@ -22,16 +22,21 @@ def code_cells(notebook: str | Path, tag: str | None = None) -> list[str]:
     return out
 
 
-def exec_tagged_cells(notebook: str | Path, tag: str = "package-twin") -> dict:
+PRELUDE = "import math\nimport torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
+
+
+def exec_tagged_cells(notebook: str | Path, tag: str = "package-twin", prelude: str = PRELUDE) -> dict:
     """Execute the cells tagged ``tag`` (class and function definitions) and return their namespace.
 
     Chapters tag each cell that re-derives a package class inline with ``package-twin``; tests then
-    hold the notebook's version equal to the package's on seeded inputs.
+    hold the notebook's version equal to the package's on seeded inputs. ``prelude`` supplies the
+    imports a chapter makes in its first cell (math, torch, nn, F by default).
     """
     sources = code_cells(notebook, tag)
     if not sources:
         raise AssertionError(f"{notebook} has no cell tagged {tag!r}")
     namespace: dict = {}
+    exec(prelude, namespace)
     for source in sources:
         exec(compile(source, f"{notebook}[{tag}]", "exec"), namespace)
     return namespace
