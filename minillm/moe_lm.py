@@ -11,9 +11,10 @@ losses, averaged over the L layers so their weights do not depend on depth:
 
 In evaluation mode the loss is the cross-entropy alone, comparable with the dense GPT's.
 
-Presets: ``moe-tiny`` (CPU; laid out like chapter 1's ``gpt-tiny`` — tied head, biases — with experts
-of width 2C so top-2 routing activates as many parameters as the dense 4C MLP) and ``makemoe``
-(makeMoE's exact architecture: untied head with bias, bias-free q/k/v, 8,996,545 parameters).
+Presets: ``moe-tiny`` (CPU) and ``moe-small`` (GPU, makeMoE's sizes) are laid out like chapter 1's GPT —
+tied head, biases — with experts of width 2C, so top-2 routing activates as many parameters as the dense
+4C MLP; ``makemoe`` is makeMoE's exact architecture (untied head with bias, bias-free q/k/v, experts of
+width 4C).
 
 Defined in chapter 2.
 """
@@ -68,9 +69,12 @@ class MoEConfig:
             raise ValueError(f"init must be 'kaiming' or 'glorot', got {self.init!r}")
 
 
-#: ``moe-tiny`` for a CPU; ``makemoe`` is makeMoE's configuration (its defaults, to the parameter).
+#: ``moe-tiny`` for a CPU; ``moe-small`` makeMoE's sizes laid out like the dense GPT (for the equal-active-
+#: parameter comparison on a GPU); ``makemoe`` is makeMoE's configuration, to the parameter.
 MOE_PRESETS: dict[str, MoEConfig] = {
     "moe-tiny": MoEConfig(),
+    "moe-small": MoEConfig(block_size=32, n_layer=8, n_head=8, n_embd=128, n_experts=8, top_k=2, expert_mult=2,
+                           dropout=0.1),
     "makemoe": MoEConfig(block_size=32, n_layer=8, n_head=8, n_embd=128, n_experts=8, top_k=2, expert_mult=4,
                          dropout=0.1, qkv_bias=False, proj_bias=True, tie_weights=False, lm_head_bias=True),
 }
@@ -84,9 +88,9 @@ def moe_config(preset: str, vocab_size: int, **overrides) -> MoEConfig:
 
 
 def moe_config_for_profile(vocab_size: int, profile: Profile | None = None, **overrides) -> MoEConfig:
-    """``moe-tiny`` under the tiny profile, ``makemoe`` under the full one."""
+    """``moe-tiny`` under the tiny profile, ``moe-small`` under the full one."""
     profile = profile or current_profile()
-    return moe_config(profile.pick("moe-tiny", "makemoe"), vocab_size, **overrides)
+    return moe_config(profile.pick("moe-tiny", "moe-small"), vocab_size, **overrides)
 
 
 class MoEBlock(nn.Module):
