@@ -43,6 +43,7 @@ exercises: venv
 ## Run the benchmarks (on a GPU machine: MINILLM_PROFILE=full make bench).
 bench: venv
 	$(BIN)/python benchmarks/attention_throughput.py
+	$(BIN)/python benchmarks/moe_dispatch.py
 
 clean:
 	rm -rf _build .pytest_cache
