@@ -46,6 +46,7 @@ bench: venv
 	$(BIN)/python benchmarks/attention_throughput.py
 	$(BIN)/python benchmarks/grad_accumulation.py
 	$(BIN)/python benchmarks/updp_latency.py
+	$(BIN)/python benchmarks/moe_dispatch.py
 
 clean:
 	rm -rf _build .pytest_cache
