@@ -24,6 +24,7 @@ book: venv
 ## Unit tests, exercise sync, every notebook under nbval, and the built site in headless Chromium.
 test: venv browser
 	$(BIN)/python scripts/make_exercises.py --check
+	$(BIN)/python scripts/clean_outputs.py --check
 	$(BIN)/python -m pytest $(NBVAL) tests book solutions
 
 ## Headless Chromium for the end-to-end test (installed with apt when running as root).

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from minillm.bench import results_path, write_results  # noqa: E402
 from minillm.profile import current_profile  # noqa: E402
 from minillm.runtime import pick_device  # noqa: E402
+from scripts.clean_outputs import clean_notebook  # noqa: E402
 
 START, END = "<!-- timings:start -->", "<!-- timings:end -->"
 
@@ -36,6 +37,7 @@ def execute(path: Path, save: bool) -> float:
     client.execute()
     seconds = time.perf_counter() - start
     if save:
+        clean_notebook(nb)
         nbformat.write(nb, path)
     return seconds
 

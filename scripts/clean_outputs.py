@@ -1,0 +1,81 @@
+"""Tidy stored notebook outputs the way a terminal would show them.
+
+Progress bars redraw themselves with carriage returns; a notebook stores every redraw as its own
+stream output, which the rendered book shows as hundreds of lines. This merges consecutive stream
+outputs of a cell and keeps, on each line, only what follows the last carriage return — the same
+normalisation nbval applies before it compares outputs, so cleaned notebooks still pass nbval.
+
+    python scripts/clean_outputs.py                  # every notebook in book/ and solutions/
+    python scripts/clean_outputs.py --check          # exit 1 if a notebook needs cleaning
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_carriage_returns(text: str) -> str:
+    return "\n".join(re.split(r"\r(?!\n)", line)[-1] for line in text.split("\n"))
+
+
+def clean_cell_outputs(outputs: list) -> list:
+    merged: list = []
+    for out in outputs:
+        if out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
+                and merged[-1]["name"] == out["name"]:
+            merged[-1]["text"] += out["text"]
+        else:
+            merged.append(out)
+    for out in merged:
+        if out.get("output_type") == "stream":
+            out["text"] = resolve_carriage_returns(out["text"])
+    return merged
+
+
+def clean_notebook(nb) -> bool:
+    """Clean ``nb`` in place; return whether anything changed."""
+    changed = False
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        original = [dict(o) for o in cell.outputs]
+        cleaned = clean_cell_outputs([nbformat.from_dict(dict(o)) for o in cell.outputs])
+        if [dict(o) for o in cleaned] != original:
+            cell.outputs = cleaned
+            changed = True
+    return changed
+
+
+def notebooks() -> list[Path]:
+    return sorted((ROOT / "book").glob("*.ipynb")) + sorted((ROOT / "solutions").glob("*.ipynb"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="*", type=Path)
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    dirty = []
+    for path in args.paths or notebooks():
+        nb = nbformat.read(path, as_version=4)
+        if clean_notebook(nb):
+            dirty.append(path)
+            if not args.check:
+                nbformat.write(nb, path)
+    for path in dirty:
+        print(("needs cleaning: " if args.check else "cleaned: ") + str(path))
+    if args.check and dirty:
+        print("run `python scripts/clean_outputs.py`")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
