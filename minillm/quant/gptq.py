@@ -45,7 +45,7 @@ def _check_options(K: int, groupsize: int, blocksize: int) -> None:
 def _order(H: torch.Tensor, actorder: bool) -> torch.Tensor:
     """Column order: by decreasing H_kk (act-order) or natural."""
     K = H.shape[0]
-    return torch.argsort(torch.diag(H), descending=True, stable=True) if actorder else torch.arange(K)
+    return torch.argsort(torch.diag(H), descending=True, stable=True) if actorder else torch.arange(K, device=H.device)
 
 
 def _grid(scales: list, zeros: list, perm: torch.Tensor, K: int, groupsize: int, actorder: bool,
@@ -53,10 +53,10 @@ def _grid(scales: list, zeros: list, perm: torch.Tensor, K: int, groupsize: int,
     if static is not None:
         return static
     if groupsize == -1:
-        g_idx = torch.zeros(K, dtype=torch.long)
+        g_idx = torch.zeros(K, dtype=torch.long, device=perm.device)
     else:
-        g_idx = torch.empty(K, dtype=torch.long)
-        g_idx[perm] = torch.arange(K) // groupsize  # groups are formed in quantization order
+        g_idx = torch.empty(K, dtype=torch.long, device=perm.device)
+        g_idx[perm] = torch.arange(K, device=perm.device) // groupsize  # groups are formed in quantization order
     return QuantGrid(torch.stack(scales), torch.stack(zeros), g_idx, bits, sym)
 
 

@@ -53,15 +53,15 @@ def obq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, sym: bool = Fa
         w = W[r0:r1].clone()  # (R, K)
         s, z = scale[r0:r1, None], zero[r0:r1, None]  # (R, 1)
         Hinv = Hinv0.expand(R, K, K).clone()  # (R, K, K): one inverse Hessian per row
-        done = torch.zeros(R, K, dtype=torch.bool)
-        rows = torch.arange(R)
+        done = torch.zeros(R, K, dtype=torch.bool, device=W.device)
+        rows = torch.arange(R, device=W.device)
         for step in range(K):
             q_all = fake_quantize(w, s, z, bits)  # (R, K)
             if order == "greedy":
                 cost = (w - q_all) ** 2 / Hinv.diagonal(dim1=1, dim2=2)
                 p = cost.masked_fill(done, float("inf")).argmin(dim=1)  # (R,)
             else:
-                p = torch.full((R,), step, dtype=torch.long)
+                p = torch.full((R,), step, dtype=torch.long, device=W.device)
             d = Hinv[rows, p, p]  # (R,)
             h = Hinv[rows, p, :]  # (R, K): row p = column p (H⁻¹ is symmetric)
             q_p = q_all[rows, p]
@@ -71,4 +71,4 @@ def obq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, sym: bool = Fa
             Hinv -= h[:, :, None] * h[:, None, :] / d[:, None, None]  # eliminate variable p
             done[rows, p] = True
         Q[r0:r1] = fake_quantize(w, s, z, bits)  # idempotent on the grid; removes drift of fixed weights
-    return Q, QuantGrid(scale[None], zero[None], torch.zeros(K, dtype=torch.long), bits, sym)
+    return Q, QuantGrid(scale[None], zero[None], torch.zeros(K, dtype=torch.long, device=W.device), bits, sym)

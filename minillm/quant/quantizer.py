@@ -114,20 +114,20 @@ class QuantGrid:
         return dequantize(codes.float(), scale, zero)
 
 
-def group_index(columns: int, groupsize: int) -> torch.Tensor:
+def group_index(columns: int, groupsize: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """``g_idx`` (K,) for contiguous groups: column k belongs to group ``k // groupsize`` (0 when per-channel)."""
     if groupsize == -1:
-        return torch.zeros(columns, dtype=torch.long)
+        return torch.zeros(columns, dtype=torch.long, device=device)
     if groupsize <= 0 or columns % groupsize:
         raise ValueError(f"groupsize={groupsize} must be -1 (per channel) or a positive divisor of the {columns} input columns")
-    return torch.arange(columns) // groupsize
+    return torch.arange(columns, device=device) // groupsize
 
 
 def grid_from_weight(W: torch.Tensor, bits: int, groupsize: int = -1, sym: bool = False) -> QuantGrid:
     """Min-max grid of ``W`` (N, K): per output channel, or per channel and group of input columns."""
     if W.dim() != 2:
         raise ValueError(f"expected a (out_features, in_features) weight, got shape {tuple(W.shape)}")
-    g_idx = group_index(W.shape[1], groupsize)
+    g_idx = group_index(W.shape[1], groupsize, W.device)
     size = W.shape[1] if groupsize == -1 else groupsize
     params = [find_params(W[:, g * size:(g + 1) * size], bits, sym) for g in range(int(g_idx.max()) + 1)]
     scale = torch.stack([p[0] for p in params])  # (G, N)
