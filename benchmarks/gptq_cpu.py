@@ -29,7 +29,7 @@ from minillm.quant.obq import obq_quantize
 from minillm.quant.rtn import rtn_quantize
 
 COMMAND = "python benchmarks/gptq_cpu.py"
-CURVE_SIZES = {"tiny": (32, 64, 128, 192, 256), "full": (32, 64, 128, 256, 384, 512)}
+CURVE_SIZES = {"tiny": (32, 48, 64, 96, 128, 192), "full": (32, 64, 128, 256, 384, 512)}
 BAR_RATIO = 1.5
 
 

@@ -27,6 +27,8 @@ Defined in chapter 5.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from minillm.quant.hessian import NotPositiveDefiniteError, damped_cholesky, inverse_hessian, prepare_hessian
@@ -40,6 +42,19 @@ def _check_options(K: int, groupsize: int, blocksize: int) -> None:
     if groupsize > 0 and blocksize % groupsize and groupsize % blocksize:
         raise ValueError(f"blocksize={blocksize} and groupsize={groupsize}: one must be a multiple of the other, "
                          "so every group's grid is computed from fully updated weights (e.g. blocksize=128, groupsize=32)")
+
+
+@contextmanager
+def _one_thread(enabled: bool):
+    """Run the column loop on one CPU thread: its (N, B) updates are latency-bound small ops that gain
+    little from threads, and on a busy machine every threaded op waits for its slowest thread."""
+    before = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _order(H: torch.Tensor, actorder: bool) -> torch.Tensor:
@@ -89,31 +104,30 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, groupsize: in
                                        "increase percdamp (e.g. 0.1) or calibrate with more data")
     Q = torch.zeros_like(W)
     scales, zeros = [], []
-    if groupsize == -1:
-        scale, zero = find_params(W, bits, sym)
-        scales, zeros = [scale], [zero]
+    grid = find_params(W, bits, sym) if groupsize == -1 else None  # (scale, zero) in use
+    if grid is not None:
+        scales, zeros = [grid[0]], [grid[1]]
     for i1 in range(0, K, blocksize):
         i2 = min(i1 + blocksize, K)
         W1 = W[:, i1:i2].clone()  # (N, B) updated column by column
         Q1, E1 = torch.zeros_like(W1), torch.zeros_like(W1)
         U1 = U[i1:i2, i1:i2]  # (B, B)
-        for i in range(i2 - i1):
-            col = i1 + i
-            if groupsize != -1:
+        with _one_thread(W.device.type == "cpu"):
+            for i in range(i2 - i1):
+                col = i1 + i
                 if static is not None:
                     g = int(perm[col]) // groupsize
-                    scale, zero = static.scale[g], static.zero[g]
-                elif col % groupsize == 0:  # a new group: grid from the weights as updated so far
-                    source = W[:, col:col + groupsize] if i == 0 else W1[:, i:i + groupsize]
-                    scale, zero = find_params(source, bits, sym)
-                    scales.append(scale)
-                    zeros.append(zero)
-            w = W1[:, i]  # (N,)
-            q = fake_quantize(w, scale, zero, bits)
-            Q1[:, i] = q
-            err = (w - q) / U1[i, i]  # (N,)
-            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]  # OBS update inside the block
-            E1[:, i] = err
+                    grid = static.scale[g], static.zero[g]
+                elif groupsize != -1 and col % groupsize == 0:  # a new group: grid from the weights updated so far
+                    grid = find_params(W[:, col:col + groupsize] if i == 0 else W1[:, i:i + groupsize], bits, sym)
+                    scales.append(grid[0])
+                    zeros.append(grid[1])
+                w = W1[:, i]  # (N,)
+                q = fake_quantize(w, grid[0], grid[1], bits)
+                Q1[:, i] = q
+                err = (w - q) / U1[i, i]  # (N,)
+                W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)  # OBS update inside the block
+                E1[:, i] = err
         Q[:, i1:i2] = Q1
         W[:, i2:] -= E1 @ U[i1:i2, i2:]  # lazy batch update of all later columns: (N, B) @ (B, K - i2)
     Q = Q[:, torch.argsort(perm)]

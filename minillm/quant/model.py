@@ -110,6 +110,15 @@ def _hidden(output) -> torch.Tensor:
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """The block's call with its hidden states (first positional, or ``hidden_states=``) replaced."""
+    if args:
+        return (hidden,) + tuple(args[1:]), kwargs
+    if "hidden_states" in kwargs:
+        return args, {**kwargs, "hidden_states": hidden}
+    raise TypeError("cannot find the hidden states in the block's call: pass them first or as hidden_states=")
+
+
 @torch.no_grad()
 def quantize_model(model: nn.Module, blocks: nn.ModuleList, batches: Iterable, cfg: QuantConfig,
                    forward: Callable[[nn.Module, object], object] = lambda m, b: m(b),
@@ -149,7 +158,7 @@ def quantize_model(model: nn.Module, blocks: nn.ModuleList, batches: Iterable, c
             report.grids[key] = grid
             layer.weight.data = Q.to(W.dtype)
         # the next block is calibrated on what this quantized block really outputs
-        inputs = [((_hidden(block(*args, **kwargs)),) + tuple(args[1:]), kwargs) for args, kwargs in inputs]
+        inputs = [_with_hidden(args, kwargs, _hidden(block(*args, **kwargs))) for args, kwargs in inputs]
     model.train(was_training)
     return report
 
