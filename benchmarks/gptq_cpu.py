@@ -1,8 +1,9 @@
 """Benchmark: GPTQ vs its straightforward reference on a 4096x4096 layer, and OBQ vs GPTQ time against size.
 
 1. The bar: GPTQ (lazy blocks of 128 + Cholesky) and the straightforward algorithm (column by column,
-   explicit inverse-Hessian downdates) quantize the same 4096x4096 layer to 4 bits in one run; both
-   results must agree, and GPTQ must take at most 1.5x the reference's time.
+   explicit inverse-Hessian downdates) quantize the same 4096x4096 layer to 4 bits in one run; their
+   layer errors must agree (at this size float32 downdates flip a few roundings, so the weights differ
+   slightly), and GPTQ must take at most 1.5x the reference's time.
 2. The curve: seconds to quantize a d x d layer with OBQ (greedy, O(d^4)), the reference and GPTQ, and
    the layer error each reaches.
 
