@@ -9,7 +9,7 @@
 
 Writes benchmarks/results/gptq_cpu-<profile>-cpu.json. Run:
 
-    python benchmarks/gptq_cpu.py                 # ~2-4 minutes on 2 cores
+    python benchmarks/gptq_cpu.py                 # several minutes: the straightforward 4096 run dominates
     python benchmarks/gptq_cpu.py --bar-size 256  # quick check (tests)
 """
 

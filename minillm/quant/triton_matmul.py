@@ -117,9 +117,17 @@ def quant_matmul(x: torch.Tensor, w: PackedWeight, block_n: int = 128, block_k: 
     y = (torch.zeros if split_k > 1 else torch.empty)(M, N, device=x.device, dtype=torch.float32)
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n), split_k)
     per = codes_per_word(w.bits)
-    _quant_matmul_kernel[grid](x2, w.qweight, w.scales, w.qzeros, w.g_idx, y, M, N, K, x2.stride(0), y.stride(0),
-                               w.qzeros.stride(0), BITS=w.bits, PER=per, MASK=2**w.bits - 1, BLOCK_M=block_m,
-                               BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, USE_DOT=use_dot, num_warps=num_warps)
+    try:
+        _quant_matmul_kernel[grid](x2, w.qweight, w.scales, w.qzeros, w.g_idx, y, M, N, K, x2.stride(0), y.stride(0),
+                                   w.qzeros.stride(0), BITS=w.bits, PER=per, MASK=2**w.bits - 1, BLOCK_M=block_m,
+                                   BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, USE_DOT=use_dot,
+                                   num_warps=num_warps)
+    except Exception as err:
+        if INTERPRETED and "outside of the scope of a kernel" in str(err):
+            raise RuntimeError("Triton was imported before TRITON_INTERPRET=1 was set (torch imports it lazily, e.g. "
+                               "at the first optimizer step), so the interpreter cannot run. Set the variable first "
+                               "thing in the program (top of the notebook or conftest.py) and restart.") from err
+        raise
     return y.to(x.dtype).reshape(*x.shape[:-1], N)
 
 
