@@ -1,9 +1,16 @@
-"""Shared test set-up: deterministic CPU threads and an isolated mlflow store."""
+"""Shared test set-up: deterministic CPU threads, an isolated mlflow store, Triton's interpreter on CPU."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Chapter 5's Triton kernels run in the interpreter when there is no GPU. The variable must be set
+# before any module with @triton.jit is imported, hence here, at collection time.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)
