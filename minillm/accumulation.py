@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 IGNORE_INDEX = -100  # label value that contributes no loss (padding), as in torch's cross_entropy
 UNITS = ("examples", "tokens")

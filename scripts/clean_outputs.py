@@ -25,9 +25,17 @@ def resolve_carriage_returns(text: str) -> str:
     return "\n".join(re.split(r"\r(?!\n)", line)[-1] for line in text.split("\n"))
 
 
+# tqdm.auto's complaint in a notebook without ipywidgets: environment noise, not course output
+_TQDM_WARNING = re.compile(r"^.*TqdmWarning: IProgress not found.*\n(\s+from \.autonotebook import.*\n)?", re.M)
+
+
 def clean_cell_outputs(outputs: list) -> list:
     merged: list = []
     for out in outputs:
+        if out.get("output_type") == "stream" and out["name"] == "stderr":
+            out["text"] = _TQDM_WARNING.sub("", out["text"])
+            if not out["text"]:
+                continue
         if out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
                 and merged[-1]["name"] == out["name"]:
             merged[-1]["text"] += out["text"]

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 Mask = tuple[bool, ...]
 

@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Literal
 
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minillm.profile import Profile, current_profile
 from minillm.quant.gptq import gptq_quantize

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minillm.quant.hessian import inverse_hessian, prepare_hessian
 from minillm.quant.quantizer import QuantGrid, fake_quantize, find_params
