@@ -147,8 +147,9 @@ class LoRALinear(LoRALayer):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"LoRALinear expects inputs with last dimension {self.in_features}, "
                              f"got shape {tuple(x.shape)}")
+        use_adapter = self._use_adapter()  # first: it may unmerge, changing the base weight
         result = self.base_layer(x)  # (..., out)
-        if not self._use_adapter():
+        if not use_adapter:
             return result
         name = self.active_adapter
         x = x.to(self.lora_A[name].weight.dtype)
@@ -185,8 +186,9 @@ class LoRAEmbedding(LoRALayer):
         return (self.lora_embedding_B[name] @ self.lora_embedding_A[name]).T * self.scaling[name]  # (num, dim)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        use_adapter = self._use_adapter()  # first: it may unmerge, changing the base weight
         result = self.base_layer(ids)  # (..., dim)
-        if not self._use_adapter():
+        if not use_adapter:
             return result
         name, base = self.active_adapter, self.base_layer
         after_a = F.embedding(ids, self.lora_embedding_A[name].T, base.padding_idx, base.max_norm,
