@@ -32,7 +32,7 @@ from minillm.tracking import Tracker
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class LoRAFinetuneConfig:
     corpus: str = "sentences"        # Pang & Lee one-sentence snippets (short: cheap on a CPU)
     max_length: int = 48             # tokens, [CLS] and [SEP] included
     train_examples: int | None = 640  # a subset of the training split (None: all of it)
@@ -46,15 +46,15 @@ class FinetuneConfig:
 
 
 #: ``tiny``: one pass over 640 sentences, minutes on 2 CPU cores; ``full``: 3 epochs over all 2,800.
-FINETUNE_PRESETS: dict[str, FinetuneConfig] = {
-    "tiny": FinetuneConfig(),
-    "full": FinetuneConfig(max_length=64, train_examples=None, eval_examples=None, batch_size=32,
+LORA_FINETUNE_PRESETS: dict[str, LoRAFinetuneConfig] = {
+    "tiny": LoRAFinetuneConfig(),
+    "full": LoRAFinetuneConfig(max_length=64, train_examples=None, eval_examples=None, batch_size=32,
                            max_steps=264, warmup_steps=26),
 }
 
 
-def finetune_config_for_profile(profile: Profile | None = None) -> FinetuneConfig:
-    return FINETUNE_PRESETS[(profile or current_profile()).name]
+def lora_finetune_config_for_profile(profile: Profile | None = None) -> LoRAFinetuneConfig:
+    return LORA_FINETUNE_PRESETS[(profile or current_profile()).name]
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class SentimentData:
     test: TokenizedDataset
 
 
-def prepare_sentiment(tokenizer, cfg: FinetuneConfig) -> SentimentData:
+def prepare_sentiment(tokenizer, cfg: LoRAFinetuneConfig) -> SentimentData:
     """Tokenized train / validation / test sets of the Pang & Lee corpus, cut to the config's subset sizes."""
     splits = load_sentiment_splits(cfg.corpus, seed=cfg.seed)
     cut = lambda xs, n: xs if n is None else xs[:n]  # noqa: E731 — the splits are already shuffled
@@ -73,7 +73,7 @@ def prepare_sentiment(tokenizer, cfg: FinetuneConfig) -> SentimentData:
                          tokenize_examples(tokenizer, cut(splits.test, cfg.eval_examples), cfg.max_length))
 
 
-def lr_factor(step: int, cfg: FinetuneConfig) -> float:
+def lr_factor(step: int, cfg: LoRAFinetuneConfig) -> float:
     """Linear warm-up to 1 over ``warmup_steps``, then linear decay to 0 at ``max_steps``."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -108,7 +108,7 @@ class FinetuneHistory:
         return self.tokens / sum(self.step_seconds) if self.step_seconds else float("nan")
 
 
-def train_classifier(model: nn.Module, train: TokenizedDataset, cfg: FinetuneConfig, lr: float,
+def train_classifier(model: nn.Module, train: TokenizedDataset, cfg: LoRAFinetuneConfig, lr: float,
                      device: torch.device | str = "cpu", tracker: Tracker | None = None,
                      progress: bool = True) -> FinetuneHistory:
     """Fine-tune ``model`` (a ``...ForSequenceClassification``) for ``cfg.max_steps`` steps at peak ``lr``."""
