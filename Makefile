@@ -44,6 +44,7 @@ exercises: venv
 ## Run the benchmarks (on a GPU machine: MINILLM_PROFILE=full make bench).
 bench: venv
 	$(BIN)/python benchmarks/attention_throughput.py
+	$(BIN)/python benchmarks/lora_vs_full.py
 
 clean:
 	rm -rf _build .pytest_cache

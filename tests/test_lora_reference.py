@@ -115,7 +115,8 @@ def test_real_minilm_matches_peft(minilm):
 
 def test_real_minilm_adapter_file_is_under_two_percent_of_the_full_checkpoint(minilm, tmp_path):
     base, _ = minilm
-    full = save_model(base, str(tmp_path / "full.safetensors")) or tmp_path / "full.safetensors"
+    full = tmp_path / "full.safetensors"
+    save_model(base, str(full))
     model = copy.deepcopy(base)
     inject_lora(model, LoRAConfig(r=8, alpha=16))
     adapter = save_adapter(model, tmp_path / "adapter.safetensors")
