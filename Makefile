@@ -48,6 +48,7 @@ bench: venv
 	$(BIN)/python benchmarks/grad_accumulation.py
 	$(BIN)/python benchmarks/updp_latency.py
 	$(BIN)/python benchmarks/moe_dispatch.py
+	$(BIN)/python benchmarks/lora_vs_full.py
 
 clean:
 	rm -rf _build .pytest_cache
