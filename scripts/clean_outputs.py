@@ -1,9 +1,9 @@
 """Tidy stored notebook outputs the way a terminal would show them.
 
 Progress bars redraw themselves with carriage returns; a notebook stores every redraw as its own
-stream output, which the rendered book shows as hundreds of lines. This merges consecutive stream
-outputs of a cell and keeps, on each line, only what follows the last carriage return — the same
-normalisation nbval applies before it compares outputs, so cleaned notebooks still pass nbval.
+stream output, which the rendered book shows as hundreds of lines. This merges the stream outputs of
+a cell and keeps, on each line, only what follows the last carriage return — nbval's own
+normalisation, applied before it compares outputs, so cleaned notebooks still pass nbval.
 
     python scripts/clean_outputs.py                  # every notebook in book/ and solutions/
     python scripts/clean_outputs.py --check          # exit 1 if a notebook needs cleaning
@@ -12,17 +12,15 @@ normalisation nbval applies before it compares outputs, so cleaned notebooks sti
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import sys
 from pathlib import Path
 
 import nbformat
+from nbval.plugin import coalesce_streams
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def resolve_carriage_returns(text: str) -> str:
-    return "\n".join(re.split(r"\r(?!\n)", line)[-1] for line in text.split("\n"))
 
 
 # tqdm.auto's complaint in a notebook without ipywidgets: environment noise, not course output
@@ -30,21 +28,13 @@ _TQDM_WARNING = re.compile(r"^.*TqdmWarning: IProgress not found.*\n(\s+from \.a
 
 
 def clean_cell_outputs(outputs: list) -> list:
-    merged: list = []
+    """Merge each cell's streams and resolve carriage returns exactly as nbval does before comparing
+    (``nbval.plugin.coalesce_streams``), so the stored text is what nbval compares against."""
+    outputs = [nbformat.from_dict(copy.deepcopy(dict(o))) for o in outputs]
     for out in outputs:
         if out.get("output_type") == "stream" and out["name"] == "stderr":
             out["text"] = _TQDM_WARNING.sub("", out["text"])
-            if not out["text"]:
-                continue
-        if out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
-                and merged[-1]["name"] == out["name"]:
-            merged[-1]["text"] += out["text"]
-        else:
-            merged.append(out)
-    for out in merged:
-        if out.get("output_type") == "stream":
-            out["text"] = resolve_carriage_returns(out["text"])
-    return merged
+    return coalesce_streams(outputs)
 
 
 def clean_notebook(nb) -> bool:
@@ -54,7 +44,7 @@ def clean_notebook(nb) -> bool:
         if cell.cell_type != "code":
             continue
         original = [dict(o) for o in cell.outputs]
-        cleaned = clean_cell_outputs([nbformat.from_dict(dict(o)) for o in cell.outputs])
+        cleaned = clean_cell_outputs(cell.outputs)
         if [dict(o) for o in cleaned] != original:
             cell.outputs = cleaned
             changed = True
