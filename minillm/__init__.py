@@ -1,6 +1,6 @@
 """minillm: modern LLM techniques built from scratch, one small tested module per idea.
 
-Foundation (every chapter): ``profile`` (the tiny/full switch), ``runtime`` (seeding, device),
+Foundation (every chapter): ``profile`` (the tiny/full switch), ``runtime`` (seeding, device), ``offline`` (checksummed data cache),
 ``notebook`` (chapter set-up), ``bench`` (timing, JSON results), ``tracking`` (mlflow),
 ``train`` (training loop), ``checkpoint`` (safetensors).
 

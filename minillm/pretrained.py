@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from minillm.shakespeare import OfflineDataError
+from minillm.offline import OfflineDataError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub, even by accident
 

