@@ -88,7 +88,7 @@ def test_chapter_page_typesets_math_shows_figures_and_stays_local(server, site, 
     dom, urls = _render(f"{server}/{CHAPTER}.html", tmp_path)
     # MathJax (bundled, offline) replaced the TeX with rendered containers.
     assert dom.count("<mjx-container") >= 10, "math was not typeset by MathJax"
-    assert "mjx-merror" not in dom, "MathJax reported a TeX error"
+    assert "<mjx-merror" not in dom, "MathJax reported a TeX error"
     # The figures from the executed notebook are on the page, and their files are real PNGs.
     images = re.findall(r'<img[^>]+src="([^"]+\.png)"', dom)
     assert len(images) >= 3, f"expected the chapter's figures, found {images}"

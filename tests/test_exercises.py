@@ -57,7 +57,12 @@ def test_exercises_are_in_sync_with_solutions():
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "exercises").glob("*.ipynb")))
 def test_every_check_fails_on_the_untouched_exercise(name):
-    """Run the learner copy as is: the check cell after each stub must fail with NotImplementedError."""
+    """Run the learner copy as is: the check cell after each stub must fail.
+
+    It fails with NotImplementedError from the stub it checks, or with NameError when it uses a name
+    that an earlier, still unsolved exercise defines. (The solutions notebook, run under nbval,
+    shows that the same checks pass once the code is written, so neither error hides a broken check.)
+    """
     nb = nbformat.read(ROOT / "exercises" / name, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(ROOT / "exercises")}})
@@ -68,5 +73,5 @@ def test_every_check_fails_on_the_untouched_exercise(name):
     for i in stubs:
         check = code[i + 1]
         errors = [o for o in check.outputs if o.output_type == "error"]
-        assert errors and errors[0].ename == "NotImplementedError", (
+        assert errors and errors[0].ename in ("NotImplementedError", "NameError"), (
             f"{name}: the check after exercise cell {i} did not fail on the stub:\n{check.source[:200]}")
