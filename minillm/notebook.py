@@ -5,6 +5,7 @@ Defined in the foundation; the first code cell of every chapter calls :func:`cha
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,9 @@ def chapter_setup(chapter: str, minutes_tiny: float, minutes_full: float, seed: 
 
     ``threads`` fixes ``torch.set_num_threads`` so CPU results repeat across machines (None leaves it).
     """
+    # Libraries that import tqdm.auto (transformers, peft) complain once per kernel that ipywidgets is
+    # missing; the course uses plain-text progress bars, so the warning is noise in every output.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     profile = current_profile()
     device = pick_device()
     if threads is not None and device.type == "cpu":
