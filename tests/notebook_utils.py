@@ -1,7 +1,8 @@
-"""Helpers for tests that read chapter notebooks: run the cells that re-derive package classes."""
+"""Helpers for tests: run the notebook cells that re-derive package classes; import repository scripts."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -40,3 +41,12 @@ def exec_tagged_cells(notebook: str | Path, tag: str = "package-twin", prelude: 
     for source in sources:
         exec(compile(source, f"{notebook}[{tag}]", "exec"), namespace)
     return namespace
+
+
+def load_script(relpath: str):
+    """Import a repository script (``benchmarks/x.py``, ``scripts/y.py``) as a module, by path."""
+    path = ROOT / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

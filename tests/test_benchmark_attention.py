@@ -1,20 +1,18 @@
 """The attention benchmark runs end to end and meets chapter 1's bar in one run."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from notebook_utils import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("attention_throughput", ROOT / "benchmarks" / "attention_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/attention_throughput.py")
 
 
 def test_benchmark_writes_json_naming_the_device(tmp_path, monkeypatch):

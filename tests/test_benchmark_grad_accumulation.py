@@ -1,18 +1,15 @@
 """The gradient-accumulation benchmark measures one scheme end to end and reports honest memory numbers."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from notebook_utils import load_script
+
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("grad_accumulation", ROOT / "benchmarks" / "grad_accumulation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/grad_accumulation.py")
 
 
 def test_peak_rss_reset_and_read():

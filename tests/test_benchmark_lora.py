@@ -1,19 +1,17 @@
 """The LoRA benchmark's pieces run, meet the chapter's bars, and the committed CPU result fits the tiny config."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
 
+from notebook_utils import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("lora_vs_full", ROOT / "benchmarks" / "lora_vs_full.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/lora_vs_full.py")
 
 
 def test_measure_one_lora_step_reports_throughput_and_memory():

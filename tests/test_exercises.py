@@ -1,17 +1,15 @@
 """Exercises are generated from solutions, stay in sync, and really fail until the learner writes code."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from notebook_utils import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("make_exercises", ROOT / "scripts" / "make_exercises.py")
-make_exercises = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(make_exercises)
+make_exercises = load_script("scripts/make_exercises.py")
 
 
 def test_strip_solutions_keeps_indentation_and_counts_regions():

@@ -14,6 +14,7 @@ from minillm.moe_lm import (MoELM, expert_load, init_weights, load_callback, loa
                             moe_config_for_profile)
 from minillm.profile import Profile
 from minillm.train import TrainConfig, train_lm
+from notebook_utils import load_script
 
 
 def tiny(**overrides) -> MoELM:
@@ -117,13 +118,7 @@ def test_train_lm_runs_the_moe_and_logs_load():
 
 
 def test_benchmark_quick_run_records_equal_outputs(tmp_path):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "moe_dispatch.py"
-    spec = importlib.util.spec_from_file_location("moe_dispatch_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/moe_dispatch.py")
     out = bench.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "r.json")])
     results = json.loads(out.read_text())
     for row in results["by_tokens"].values():

@@ -14,6 +14,7 @@ from minillm.prune.models import ResCNNConfig, ViTConfig
 from minillm.prune.search import crossover, mutate, random_mask
 from minillm.prune.supernet import TrainConfig, accuracy, recalibrate_bn, sandwich_subnets, train
 from minillm.prune.progressive import train_subnet
+from notebook_utils import load_script
 
 RTOL = 1e-5
 SMALL_CNN = ResCNNConfig(channels=8, expand=16, depth=4)
@@ -231,12 +232,7 @@ def test_run_updp_pipeline_on_synthetic_data():
 
 
 def test_latency_benchmark_masks():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "updp_latency.py"
-    spec = importlib.util.spec_from_file_location("updp_latency", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/updp_latency.py")
     assert bench.spread_mask(6, 3) == (True, False, True, False, False, True)
     for n, k in [(6, 3), (8, 4), (4, 2), (5, 1)]:
         assert sum(bench.spread_mask(n, k)) == k

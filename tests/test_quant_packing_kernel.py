@@ -1,6 +1,5 @@
 """Chapter 5: int32 packing layout, the Triton kernel (interpreter on CPU) and the GPU benchmark's CPU mode."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,8 +9,8 @@ import torch
 from minillm.quant.gptq import gptq_quantize
 from minillm.quant.model import QuantLinear, to_quant_linear
 from minillm.quant.packing import pack_cols, pack_rows, pack_weight, unpack_cols, unpack_rows
+from notebook_utils import load_script
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def quantized_layer(N=256, K=512, bits=4, groupsize=128, actorder=True, seed=0):
@@ -94,10 +93,7 @@ def test_quant_linear_matches_the_dequantized_linear(backend):
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"benchmarks/{name}.py")
 
 
 def test_gpu_benchmark_dry_run_checks_the_kernel_on_cpu(tmp_path):
