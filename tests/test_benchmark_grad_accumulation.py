@@ -1,6 +1,5 @@
 """The gradient-accumulation benchmark measures one scheme end to end and reports honest memory numbers."""
 
-from pathlib import Path
 
 import pytest
 

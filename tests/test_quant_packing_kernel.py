@@ -1,7 +1,6 @@
 """Chapter 5: int32 packing layout, the Triton kernel (interpreter on CPU) and the GPU benchmark's CPU mode."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
