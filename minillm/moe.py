@@ -26,25 +26,14 @@ in :mod:`minillm.moe_lm`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minillm.moe_experts import Expert, ExpertBank  # noqa: F401  (Expert re-exported: makeMoE's single expert)
 from minillm.moe_dispatch import DISPATCH_NAMES, DispatchName, capacity_keep_mask, dispatch, expert_capacity
-
-
-class Expert(nn.Module):
-    """One expert: the transformer MLP of makeMoE, C -> hidden -> ReLU -> C, then dropout."""
-
-    def __init__(self, n_embd: int, hidden: int, dropout: float = 0.0, bias: bool = True):
-        super().__init__()
-        self.fc1 = nn.Linear(n_embd, hidden, bias=bias)
-        self.fc2 = nn.Linear(hidden, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(F.relu(self.fc1(x))))  # (..., C)
 
 
 @dataclass
@@ -127,7 +116,11 @@ class SparseMoE(nn.Module):
         noisy: use :class:`NoisyTopkRouter` (else :class:`TopkRouter`).
         capacity_factor: None for no limit; else each expert takes at most
             ``ceil(capacity_factor · N·k / E)`` assignments per call and drops the rest.
-        dispatch: "sorted" (fast), "masked_loop" (makeMoE) or "dense" (reference) — same function.
+        dispatch: "batched" (fastest: one batched product for all experts), "sorted" (one call per expert),
+            "masked_loop" (makeMoE) or "dense" (reference) — the same function, four ways.
+
+    The experts' weights live stacked in an :class:`~minillm.moe_experts.ExpertBank` (``self.experts``);
+    ``self.experts[e]`` is expert e, and makeMoE-style state dicts with per-expert keys load into it.
 
     After each forward, ``self.stats`` holds this call's balance loss, z-loss, per-expert load and
     dropped fraction; the language model adds the losses to its objective.
@@ -135,7 +128,7 @@ class SparseMoE(nn.Module):
 
     def __init__(self, n_embd: int, n_experts: int = 8, top_k: int = 2, hidden: int | None = None,
                  dropout: float = 0.0, noisy: bool = True, capacity_factor: float | None = None,
-                 dispatch: DispatchName = "sorted", eval_noise: bool = False):
+                 dispatch: DispatchName = "batched", eval_noise: bool = False):
         super().__init__()
         if dispatch not in DISPATCH_NAMES:
             raise ValueError(f"unknown dispatch {dispatch!r}; choose one of {DISPATCH_NAMES}")
@@ -145,7 +138,7 @@ class SparseMoE(nn.Module):
         self.capacity_factor, self.dispatch = capacity_factor, dispatch
         self.router = (NoisyTopkRouter(n_embd, n_experts, top_k, eval_noise) if noisy
                        else TopkRouter(n_embd, n_experts, top_k))
-        self.experts = nn.ModuleList(Expert(n_embd, hidden or 4 * n_embd, dropout) for _ in range(n_experts))
+        self.experts = ExpertBank(n_experts, n_embd, hidden or 4 * n_embd, dropout)
         self.stats: MoEStats | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,20 +152,35 @@ class SparseMoE(nn.Module):
             cap = expert_capacity(flat.size(0), self.top_k, self.n_experts, self.capacity_factor)
             keep = capacity_keep_mask(routing.expert_idx, self.n_experts, cap)  # (N, k)
         y = dispatch(self.dispatch, flat, self.experts, routing.expert_idx, routing.gates, keep)  # (N, C)
-        self.stats = MoEStats(
-            balance_loss=load_balancing_loss(routing.probs, routing.expert_idx),
-            z_loss=router_z_loss(routing.logits),
-            load=expert_fractions(routing.expert_idx, self.n_experts).detach(),
-            dropped_fraction=0.0 if keep is None else 1.0 - keep.float().mean().item(),
-        )
+        self.stats = MoEStats(routing, keep, self.n_experts)  # computed when read: free if nobody asks
         return y.view_as(x)
 
 
-@dataclass
 class MoEStats:
-    """One forward call of a :class:`SparseMoE`."""
+    """One forward call of a :class:`SparseMoE`: auxiliary losses and load, each computed on first read.
 
-    balance_loss: torch.Tensor  # scalar, differentiable
-    z_loss: torch.Tensor  # scalar, differentiable
-    load: torch.Tensor  # (E,) share of assignments per expert, sums to 1
-    dropped_fraction: float  # share of assignments beyond capacity
+    Inference pays nothing for statistics it never reads; training reads the two losses every step.
+    """
+
+    def __init__(self, routing: Routing, keep: torch.Tensor | None, n_experts: int):
+        self.routing, self.keep, self.n_experts = routing, keep, n_experts
+
+    @cached_property
+    def balance_loss(self) -> torch.Tensor:
+        """Scalar, differentiable: Switch's E · Σ f_i P_i."""
+        return load_balancing_loss(self.routing.probs, self.routing.expert_idx)
+
+    @cached_property
+    def z_loss(self) -> torch.Tensor:
+        """Scalar, differentiable: ST-MoE's mean logsumexp² of the clean router logits."""
+        return router_z_loss(self.routing.logits)
+
+    @cached_property
+    def load(self) -> torch.Tensor:
+        """(E,) share of assignments per expert (before capacity), sums to 1."""
+        return expert_fractions(self.routing.expert_idx, self.n_experts).detach()
+
+    @cached_property
+    def dropped_fraction(self) -> float:
+        """Share of assignments beyond capacity (0 without a capacity)."""
+        return 0.0 if self.keep is None else 1.0 - self.keep.float().mean().item()

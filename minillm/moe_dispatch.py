@@ -1,4 +1,4 @@
-r"""Sending tokens to their experts: a dense reference, makeMoE's masked loop, and a sorted fast path.
+r"""Sending tokens to their experts: a dense reference, makeMoE's masked loop, and two fast paths.
 
 A sparse MoE layer computes, for each token :math:`x` with chosen experts :math:`\mathcal{T}(x)` (top-k)
 and gate weights :math:`g_e(x)`,
@@ -7,7 +7,7 @@ and gate weights :math:`g_e(x)`,
 
     y(x) = \sum_{e \in \mathcal{T}(x)} g_e(x)\, \mathrm{FFN}_e(x).
 
-Three ways to compute the same sum (they agree to float rounding; the tests hold them equal):
+Four ways to compute the same sum (they agree to float rounding; the tests hold them equal):
 
 * :func:`dispatch_dense` — run *every* expert on *every* token and weight the results by a gate matrix
   that is zero off the top-k: obviously correct, ``E / k`` times the work. The reference.
@@ -16,6 +16,11 @@ Three ways to compute the same sum (they agree to float rounding; the tests hold
 * :func:`dispatch_sorted` — production style: flatten the ``N·k`` (token, expert) assignments, sort them
   by expert once, gather the tokens into one contiguous buffer, run each expert once on its contiguous
   slice, and ``index_add`` the weighted results back. No per-token Python loop, no boolean masks.
+* :func:`dispatch_batched` — no per-expert loop at all: give each assignment a slot in its expert's row of
+  a padded (E, S, C) buffer (S = the busiest expert's count, at most the capacity), run *all* experts in
+  two batched matrix products on the stacked weights of an :class:`~minillm.moe_experts.ExpertBank`, and
+  read the results back from the same slots. A fixed number of operations whatever E is; the price is
+  the padding, which grows with imbalance.
 
 Expert capacity (Switch Transformer): each expert takes at most
 :math:`C = \lceil \text{capacity\_factor} \cdot N k / E \rceil` assignments; :func:`capacity_keep_mask`
@@ -33,8 +38,10 @@ from typing import Literal, Sequence
 import torch
 import torch.nn as nn
 
-DispatchName = Literal["dense", "masked_loop", "sorted"]
-DISPATCH_NAMES: tuple[str, ...] = ("dense", "masked_loop", "sorted")
+from minillm.moe_experts import ExpertBank
+
+DispatchName = Literal["dense", "masked_loop", "sorted", "batched"]
+DISPATCH_NAMES: tuple[str, ...] = ("dense", "masked_loop", "sorted", "batched")
 
 
 def _check(x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor, n_experts: int) -> None:
@@ -43,9 +50,10 @@ def _check(x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor, n_exp
     if expert_idx.shape != gates.shape or expert_idx.dim() != 2 or expert_idx.size(0) != x.size(0):
         raise ValueError(f"expert_idx and gates must both be (N={x.size(0)}, k), "
                          f"got {tuple(expert_idx.shape)} and {tuple(gates.shape)}")
-    if expert_idx.numel() and (int(expert_idx.min()) < 0 or int(expert_idx.max()) >= n_experts):
-        raise ValueError(f"expert_idx must lie in [0, {n_experts}); got values in "
-                         f"[{int(expert_idx.min())}, {int(expert_idx.max())}]")
+    if expert_idx.numel():
+        lo, hi = torch.stack(torch.aminmax(expert_idx)).tolist()  # one pass, one sync
+        if lo < 0 or hi >= n_experts:
+            raise ValueError(f"expert_idx must lie in [0, {n_experts}); got values in [{lo}, {hi}]")
 
 
 def expert_capacity(n_tokens: int, top_k: int, n_experts: int, capacity_factor: float) -> int:
@@ -122,6 +130,41 @@ def dispatch_sorted(x: torch.Tensor, experts: Sequence[nn.Module], expert_idx: t
     return torch.zeros_like(x).index_add(0, token_sorted, y_sorted)  # sum each token's k results
 
 
+def dispatch_batched(x: torch.Tensor, bank: ExpertBank, expert_idx: torch.Tensor, gates: torch.Tensor,
+                     keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Fast path without a Python loop over experts: one padded (E, S, C) buffer, two ``bmm`` for all experts.
+
+    Each assignment gets a slot in its expert's row: its rank among that expert's assignments, a running
+    count (``cumsum`` of one-hot rows) rather than a sort. Rows are zero-padded up to the busiest expert's
+    count S; padding slots are computed and never read. Results come back by the same (expert, slot)
+    index and are mixed as ``Σ_k g_k y_k`` per token, so no scatter-add is needed either. Dropped
+    assignments (``keep`` False) take no slot: they share one spare row and their gate is zeroed.
+    x: (N, C) -> (N, C).
+    """
+    if not isinstance(bank, ExpertBank):
+        raise TypeError(f"dispatch_batched needs the experts' weights stacked in an ExpertBank, got "
+                        f"{type(bank).__name__}; convert a list of Expert modules with ExpertBank.from_experts(experts)")
+    _check(x, expert_idx, gates, len(bank))
+    N, k = expert_idx.shape
+    flat_expert = expert_idx.reshape(-1)  # (A,), A = N·k; assignment a belongs to token a // k
+    one_hot = flat_expert.unsqueeze(1) == torch.arange(len(bank), device=x.device)  # (A, E) bool
+    if keep is not None:
+        flat_keep = keep.reshape(-1)  # (A,)
+        one_hot = one_hot & flat_keep.unsqueeze(1)  # dropped assignments do not count
+        gates = gates * keep.to(gates.dtype)
+    slot = one_hot.cumsum(0).gather(1, flat_expert.unsqueeze(1)).squeeze(1) - 1  # (A,) rank within its expert
+    if keep is not None:
+        slot = torch.where(flat_keep, slot, -1)
+    S = int(slot.max()) + 1 if slot.numel() else 0  # slots per expert: the busiest expert's count
+    if keep is not None:
+        slot = torch.where(flat_keep, slot, S)  # dropped ones share the spare slot S
+    buffer = x.new_zeros(len(bank), S + (keep is not None), x.size(1))  # (E, S[+1], C)
+    buffer[flat_expert, slot] = x.unsqueeze(1).expand(N, k, x.size(1)).reshape(N * k, x.size(1))  # token a // k
+    y = bank(buffer)  # (E, S[+1], C): every expert on its slots in one batched product
+    y_assign = y[flat_expert, slot].view(N, k, x.size(1))  # (N, k, C) each token's k expert outputs
+    return (gates.unsqueeze(-1) * y_assign).sum(dim=1)  # (N, C) = Σ_k g_k y_k
+
+
 def apply_keep(gates: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     """Zero the gates of dropped assignments (the dense and masked paths then add nothing for them)."""
     return gates if keep is None else gates * keep.to(gates.dtype)
@@ -129,7 +172,9 @@ def apply_keep(gates: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
 
 def dispatch(name: DispatchName, x: torch.Tensor, experts: Sequence[nn.Module], expert_idx: torch.Tensor,
              gates: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Run the dispatch strategy ``name`` ("dense", "masked_loop" or "sorted"). x: (N, C) -> (N, C)."""
+    """Run the dispatch strategy ``name`` (one of :data:`DISPATCH_NAMES`). x: (N, C) -> (N, C)."""
+    if name == "batched":
+        return dispatch_batched(x, experts, expert_idx, gates, keep)
     if name == "sorted":
         return dispatch_sorted(x, experts, expert_idx, gates, keep)
     if name == "dense":

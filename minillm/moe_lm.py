@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from minillm.attention import Backend, CausalSelfAttention
 from minillm.moe import SparseMoE
+from minillm.moe_experts import ExpertBank
 from minillm.moe_dispatch import DispatchName
 from minillm.profile import Profile, current_profile
 
@@ -50,7 +51,7 @@ class MoEConfig:
     noisy: bool = True  # NoisyTopkRouter, else TopkRouter
     eval_noise: bool = False  # True reproduces makeMoE's noise at evaluation
     capacity_factor: float | None = None  # None: no expert capacity, no dropping
-    dispatch: DispatchName = "sorted"
+    dispatch: DispatchName = "batched"
     balance_coef: float = 0.01  # α, Switch Transformer's value
     z_coef: float = 0.0  # β, ST-MoE uses 1e-3
     init: InitName = "kaiming"
@@ -140,7 +141,7 @@ class MoELM(nn.Module):
     def num_active_params(self) -> int:
         """Parameters one token uses: all but the (E - k) experts it is not routed to."""
         cfg = self.config
-        expert = sum(p.numel() for p in self.blocks[0].moe.experts[0].parameters())
+        expert = self.blocks[0].moe.experts.params_per_expert
         return self.num_params() - cfg.n_layer * (cfg.n_experts - cfg.top_k) * expert
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -169,26 +170,38 @@ class MoELM(nn.Module):
 
 
 def init_weights(model: nn.Module, scheme: InitName) -> None:
-    """Kaiming (He) or Glorot (Xavier) normal init for every Linear; zero biases; embeddings N(0, 0.02).
+    """Kaiming (He) or Glorot (Xavier) normal init for every Linear and expert; zero biases; embeddings N(0, 0.02).
 
     Kaiming keeps the variance of ReLU activations constant through a layer: std = sqrt(2 / fan_in).
     Glorot balances forward and backward variance for linear/tanh units: std = sqrt(2 / (fan_in + fan_out)).
-    A head tied to the embedding keeps the embedding's init.
+    A head tied to the embedding keeps the embedding's init. An :class:`ExpertBank`'s stacked weights are
+    initialised expert by expert, with each expert's own fan-in and fan-out (as separate Linears would be).
     """
+    if scheme not in ("kaiming", "glorot"):
+        raise ValueError(f"init must be 'kaiming' or 'glorot', got {scheme!r}")
+
+    def init_matrix(w: torch.Tensor) -> None:  # w: (out, in), nn.Linear's layout
+        if scheme == "kaiming":
+            nn.init.kaiming_normal_(w, nonlinearity="relu")
+        else:
+            nn.init.xavier_normal_(w)
+
     tied = getattr(getattr(model, "lm_head", None), "weight", None) is getattr(getattr(model, "wte", None), "weight", 0)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            if not (tied and name == "lm_head"):
-                if scheme == "kaiming":
-                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                elif scheme == "glorot":
-                    nn.init.xavier_normal_(module.weight)
-                else:
-                    raise ValueError(f"init must be 'kaiming' or 'glorot', got {scheme!r}")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear):
+                if not (tied and name == "lm_head"):
+                    init_matrix(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, ExpertBank):
+                for e in range(len(module)):
+                    init_matrix(module.w1[e])  # (H, C) views: each expert is initialised like its own Linear
+                    init_matrix(module.w2[e])  # (C, H)
+                nn.init.zeros_(module.b1)
+                nn.init.zeros_(module.b2)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Chapter 2: routers, auxiliary losses, capacity and the three dispatch strategies."""
+"""Chapter 2: experts, routers, auxiliary losses, capacity and the four dispatch strategies."""
 
 from __future__ import annotations
 
@@ -7,17 +7,45 @@ import math
 import pytest
 import torch
 
-from minillm.moe import (Expert, NoisyTopkRouter, SparseMoE, TopkRouter, expert_fractions, load_balancing_loss,
+from minillm.moe import (Expert, ExpertBank, NoisyTopkRouter, SparseMoE, TopkRouter, expert_fractions, load_balancing_loss,
                          router_z_loss)
-from minillm.moe_dispatch import (capacity_keep_mask, dispatch, dispatch_dense, dispatch_masked_loop,
-                                  dispatch_sorted, expert_capacity, gate_matrix)
+from minillm.moe_dispatch import (DISPATCH_NAMES, capacity_keep_mask, dispatch, dispatch_batched, dispatch_dense,
+                                  dispatch_masked_loop, dispatch_sorted, expert_capacity, gate_matrix)
 
 C, E, K = 16, 8, 2
 
 
-def make_experts(seed: int = 0, hidden: int = 32) -> torch.nn.ModuleList:
+def make_experts(seed: int = 0, hidden: int = 32) -> ExpertBank:
     torch.manual_seed(seed)
-    return torch.nn.ModuleList(Expert(C, hidden) for _ in range(E))
+    return ExpertBank(E, C, hidden)
+
+
+def test_seeded_bank_holds_what_a_seeded_list_of_experts_holds_and_computes_the_same():
+    torch.manual_seed(0)
+    separate = torch.nn.ModuleList(Expert(C, 32) for _ in range(E))
+    bank = make_experts(seed=0)
+    assert torch.equal(bank.w1, torch.stack([e.fc1.weight for e in separate]))
+    assert torch.equal(bank.b2, torch.stack([e.fc2.bias for e in separate]))
+    x = torch.randn(5, C)
+    for e in range(E):
+        torch.testing.assert_close(bank[e](x), separate[e](x), atol=0, rtol=0)
+    assert len(bank) == E and len(list(bank)) == E
+    assert bank.params_per_expert == sum(p.numel() for p in separate[0].parameters())
+    with pytest.raises(IndexError, match="out of range"):
+        bank[E]
+
+
+def test_bank_loads_per_expert_state_dicts_and_runs_all_experts_in_one_call():
+    torch.manual_seed(1)
+    separate = torch.nn.ModuleList(Expert(C, 24) for _ in range(E))
+    bank = ExpertBank(E, C, 24)
+    bank.load_state_dict(separate.state_dict())  # makeMoE's keys: "{e}.fc1.weight", ...
+    slots = torch.randn(E, 3, C)
+    expected = torch.stack([separate[e](slots[e]) for e in range(E)])  # (E, 3, C)
+    torch.testing.assert_close(bank(slots), expected, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ExpertBank.from_experts(separate)(slots), expected, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\(8, S, 16\)"):
+        bank(torch.randn(3, C))
 
 
 def test_topk_router_picks_best_and_normalises():
@@ -112,7 +140,7 @@ def test_capacity_prefers_first_choices_then_earlier_tokens():
 
 
 @pytest.mark.parametrize("n_tokens", [1, 7, 64])
-def test_three_dispatches_agree(n_tokens):
+def test_four_dispatches_agree(n_tokens):
     experts = make_experts()
     torch.manual_seed(3)
     x = torch.randn(n_tokens, C)
@@ -120,19 +148,38 @@ def test_three_dispatches_agree(n_tokens):
     ref = dispatch_dense(x, experts, r.expert_idx, r.gates)
     torch.testing.assert_close(dispatch_masked_loop(x, experts, r.expert_idx, r.gates), ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(dispatch_sorted(x, experts, r.expert_idx, r.gates), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(dispatch_batched(x, experts, r.expert_idx, r.gates), ref, atol=1e-5, rtol=0)
 
 
-def test_sorted_dispatch_gradients_match_dense_reference():
+def test_per_expert_dispatches_accept_a_list_of_expert_modules_and_batched_asks_for_a_bank():
+    torch.manual_seed(2)
+    separate = torch.nn.ModuleList(Expert(C, 32) for _ in range(E))
+    x = torch.randn(9, C)
+    idx = torch.randint(0, E, (9, K))
+    gates = torch.softmax(torch.randn(9, K), -1)
+    bank = ExpertBank.from_experts(separate)
+    torch.testing.assert_close(dispatch_sorted(x, separate, idx, gates), dispatch_batched(x, bank, idx, gates),
+                               atol=1e-6, rtol=1e-6)
+    with pytest.raises(TypeError, match="ExpertBank.from_experts"):
+        dispatch_batched(x, separate, idx, gates)
+
+
+@pytest.mark.parametrize("fast", ["sorted", "batched"])
+@pytest.mark.parametrize("capacity", [None, 6])
+def test_fast_dispatch_gradients_match_dense_reference(fast, capacity):
     experts = make_experts()
     torch.manual_seed(4)
     x = torch.randn(40, C, requires_grad=True)
     idx = torch.randint(0, E, (40, K))
     gates = torch.softmax(torch.randn(40, K), -1).requires_grad_(True)
+    keep = None if capacity is None else capacity_keep_mask(idx, E, capacity)
+    if keep is not None:
+        assert not keep.all()  # some assignments really are dropped
     grads = []
-    for fn in (dispatch_dense, dispatch_sorted):
+    for name in ("dense", fast):
         for p in [x, gates, *experts.parameters()]:
             p.grad = None
-        (fn(x, experts, idx, gates) ** 2).sum().backward()
+        (dispatch(name, x, experts, idx, gates, keep) ** 2).sum().backward()
         grads.append([x.grad.clone(), gates.grad.clone()] + [p.grad.clone() for p in experts.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -147,11 +194,14 @@ def test_dispatch_with_capacity_agrees_and_skips_dropped():
     gates = torch.softmax(torch.randn(32, K), -1)
     keep = capacity_keep_mask(idx, E, capacity=expert_capacity(32, K, E, 1.0))
     assert keep[:, 0].sum() == 8 and not keep[8:, 0].any()
-    outs = {name: dispatch(name, x, experts, idx, gates, keep) for name in ("dense", "masked_loop", "sorted")}
-    torch.testing.assert_close(outs["sorted"], outs["dense"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(outs["masked_loop"], outs["dense"], atol=1e-5, rtol=0)
+    outs = {name: dispatch(name, x, experts, idx, gates, keep) for name in DISPATCH_NAMES}
+    for name in ("masked_loop", "sorted", "batched"):
+        torch.testing.assert_close(outs[name], outs["dense"], atol=1e-5, rtol=0)
     alone = experts[int(idx[20, 1])](x[20:21]) * gates[20, 1]  # token 20 keeps only its second expert
     torch.testing.assert_close(outs["sorted"][20:21], alone, atol=1e-5, rtol=0)
+    torch.testing.assert_close(outs["batched"][20:21], alone, atol=1e-5, rtol=0)
+    nothing_kept = torch.zeros_like(keep)
+    assert dispatch_batched(x, experts, idx, gates, nothing_kept).abs().max() == 0
 
 
 def test_dispatch_rejects_bad_input():
@@ -171,7 +221,7 @@ def test_sparse_moe_layer_strategies_agree_and_report_stats():
     layer = SparseMoE(C, E, K, hidden=32, capacity_factor=1.0).eval()
     x = torch.randn(3, 20, C)
     outs = []
-    for name in ("dense", "masked_loop", "sorted"):
+    for name in DISPATCH_NAMES:
         layer.dispatch = name
         outs.append(layer(x))
     for out in outs[1:]:

@@ -78,9 +78,11 @@ def test_bad_inputs_raise_clear_errors():
 def test_init_schemes_set_the_expected_weight_scale(scheme, std):
     torch.manual_seed(0)
     model = MoELM(moe_config("makemoe", vocab_size=65, init=scheme))
-    w = model.blocks[0].moe.experts[0].fc1.weight  # (512, 128)
-    assert w.std().item() == pytest.approx(std(128, 512), rel=0.03)
-    assert model.blocks[0].moe.experts[0].fc1.bias.abs().max() == 0
+    bank = model.blocks[0].moe.experts
+    for e in (0, 7):  # every expert is initialised like its own Linear layers
+        assert bank.w1[e].std().item() == pytest.approx(std(128, 512), rel=0.03)  # (512, 128)
+        assert bank.w2[e].std().item() == pytest.approx(std(512, 128), rel=0.03)  # (128, 512)
+    assert bank.b1.abs().max() == 0 and bank.b2.abs().max() == 0
     with pytest.raises(ValueError, match="init"):
         init_weights(model, "orthogonal")
 
@@ -123,5 +125,9 @@ def test_benchmark_quick_run_records_equal_outputs(tmp_path):
     results = json.loads(out.read_text())
     for row in results["by_tokens"].values():
         assert max(row["max_abs_diff_vs_masked_loop"].values()) <= 1e-5
-        assert row["forward"]["speedup_sorted_vs_masked_loop"] > 0
+        for mode in ("dispatch", "dispatch_train", "forward", "train"):
+            assert set(row[mode]["speedup_vs_masked_loop"]) == {"sorted", "batched", "dense"}
+            assert row[mode]["speedup_vs_masked_loop"]["batched"] > 0
+    for key in ("dispatch_bar_met_at_tokens", "layer_bar_met_at_tokens"):
+        assert set(results["headline"][key]) <= {8, 64}
     assert results["machine"]["device_type"] == "cpu"
