@@ -3,7 +3,8 @@
 import torch
 
 from minillm.moe import NoisyTopkRouter, SparseMoE
-from minillm.moe_dispatch import DISPATCH_NAMES, dispatch_sorted, gate_matrix
+from minillm.moe_dispatch import DISPATCH_NAMES, dispatch_batched, dispatch_sorted, gate_matrix
+from minillm.moe_experts import ExpertBank
 from notebook_utils import exec_tagged_cells
 
 NOTEBOOK = "book/ch02_moe.ipynb"
@@ -48,3 +49,14 @@ def test_notebook_sorted_dispatch_equals_package():
     gates = torch.softmax(torch.randn(50, 3), -1)
     torch.testing.assert_close(ns["sorted_dispatch"](x, experts, idx, gates),
                                dispatch_sorted(x, experts, idx, gates), atol=1e-6, rtol=1e-6)
+
+
+def test_notebook_batched_dispatch_equals_package():
+    ns = exec_tagged_cells(NOTEBOOK)
+    torch.manual_seed(3)
+    bank = ExpertBank(6, 16, 32)
+    x = torch.randn(50, 16)
+    idx = torch.stack([torch.randperm(6)[:3] for _ in range(50)])  # 3 distinct experts per token
+    gates = torch.softmax(torch.randn(50, 3), -1)
+    torch.testing.assert_close(ns["batched_dispatch"](x, bank, idx, gates),
+                               dispatch_batched(x, bank, idx, gates), atol=1e-6, rtol=1e-6)
