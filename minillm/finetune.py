@@ -48,7 +48,9 @@ class FinetuneConfig:
     compile: bool = False  # torch.compile the model
 
 
-TINY = FinetuneConfig(train_size=1024, test_size=400, max_length=32, epochs=1, trainable_layers=2)
+#: tiny: every layer trains (a full fine-tune, as in the reference experiment) on 1,024 short sentences, tested on
+#: the whole 800-sentence test split; full: the whole training split, two epochs, bfloat16 autocast, compile.
+TINY = FinetuneConfig(train_size=1024, test_size=None, max_length=32, epochs=1)
 FULL = FinetuneConfig(max_length=64, epochs=2, amp=True, compile=True)
 
 
@@ -100,6 +102,18 @@ def freeze_lower_layers(model: torch.nn.Module, trainable_layers: int | None) ->
         if getattr(model.base_model, "pooler", None) is not None:
             model.base_model.pooler.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trainable_adamw(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    """AdamW over the parameters that require gradients, ``fused``: one kernel updates all of them.
+
+    Same arithmetic as the default per-tensor loop, several times faster on a CPU — which matters most for
+    batch size 1, where the optimizer steps after every example.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no parameter requires a gradient: nothing to train (check trainable_layers)")
+    return torch.optim.AdamW(params, lr=lr, fused=True)
 
 
 @torch.no_grad()
@@ -192,7 +206,7 @@ def run_finetune(name: str, micro_batch_size: int, accumulation_steps: int, cfg:
     model.train()  # dropout masks are saved for backward too: measure the training forward pass
     activations = saved_activation_bytes(model, probe)
     trained = torch.compile(model) if cfg.compile else model
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    optimizer = trainable_adamw(model, cfg.lr)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(cfg.seed)  # dropout masks repeat across schemes
