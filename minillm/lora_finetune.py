@@ -35,17 +35,17 @@ from minillm.tracking import Tracker
 class LoRAFinetuneConfig:
     corpus: str = "sentences"        # Pang & Lee one-sentence snippets (short: cheap on a CPU)
     max_length: int = 40             # tokens, [CLS] and [SEP] included
-    train_examples: int | None = 320  # a subset of the training split (None: all of it)
-    eval_examples: int | None = 200   # of the validation / test splits
+    train_examples: int | None = 1280  # a subset of the training split (None: all of it)
+    eval_examples: int | None = None   # of the validation / test splits (None: all 400 / 800)
     batch_size: int = 16
-    max_steps: int = 20
-    warmup_steps: int = 2
+    max_steps: int = 80
+    warmup_steps: int = 8
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
 
 
-#: ``tiny``: one pass over 320 sentences, about 20 s per run on 2 CPU cores; ``full``: 3 epochs over all 2,800.
+#: ``tiny``: one pass over 1,280 sentences, about 30 s per run on 2 CPU cores; ``full``: 3 epochs over all 2,800.
 LORA_FINETUNE_PRESETS: dict[str, LoRAFinetuneConfig] = {
     "tiny": LoRAFinetuneConfig(),
     "full": LoRAFinetuneConfig(max_length=64, train_examples=None, eval_examples=None, batch_size=32,
@@ -81,14 +81,18 @@ def lr_factor(step: int, cfg: LoRAFinetuneConfig) -> float:
 
 
 def make_adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters only; matrices decay, biases and LayerNorm gains do not."""
+    """AdamW over the trainable parameters only; matrices decay, biases and LayerNorm gains do not.
+
+    ``fused=True``: one kernel updates every parameter (CPU and CUDA), several times faster than the default
+    per-tensor loop when there are many tensors — the same arithmetic.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameter: nothing to fine-tune "
                          "(did you freeze everything without injecting LoRA?)")
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 
 @dataclass
