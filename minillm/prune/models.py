@@ -19,6 +19,8 @@ from torch import nn
 
 from minillm.prune.blocks import PrunableBlock, PrunableConvBlock, PrunableViTBlock, make_act
 
+Mask = tuple[bool, ...]  # one entry per block, True = pruned
+
 
 class PrunableModel(nn.Module):
     """A stem, a list of :class:`PrunableBlock`, and a head."""

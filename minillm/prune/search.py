@@ -21,7 +21,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-Mask = tuple[bool, ...]
+from minillm.prune.models import Mask
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from minillm.prune.data import ImageData
-from minillm.prune.models import PrunableModel
-
-Mask = tuple[bool, ...]
+from minillm.prune.models import Mask, PrunableModel
 
 
 @dataclass(frozen=True)
