@@ -63,6 +63,20 @@ def expert_capacity(n_tokens: int, top_k: int, n_experts: int, capacity_factor: 
     return max(1, math.ceil(capacity_factor * n_tokens * top_k / n_experts))
 
 
+def rank_within_expert(flat_expert: torch.Tensor, n_experts: int,
+                       counted: torch.Tensor | None = None) -> torch.Tensor:
+    """(A,) 0-based position of each assignment among the assignments to the same expert, in list order.
+
+    A running count per expert: the cumulative sum of one-hot rows, read at each assignment's own expert.
+    ``counted`` (A,) bool: only those assignments take a position (the others get -1 and count for nobody).
+    """
+    one_hot = flat_expert.unsqueeze(1) == torch.arange(n_experts, device=flat_expert.device)  # (A, E) bool
+    if counted is not None:
+        one_hot = one_hot & counted.unsqueeze(1)
+    rank = one_hot.cumsum(0).gather(1, flat_expert.unsqueeze(1)).squeeze(1) - 1  # (A,)
+    return rank if counted is None else torch.where(counted, rank, -1)
+
+
 def capacity_keep_mask(expert_idx: torch.Tensor, n_experts: int, capacity: int) -> torch.Tensor:
     """(N, k) bool: True where an assignment fits in its expert's ``capacity`` slots.
 
@@ -71,8 +85,7 @@ def capacity_keep_mask(expert_idx: torch.Tensor, n_experts: int, capacity: int) 
     """
     N, k = expert_idx.shape
     rank_major = expert_idx.t().reshape(-1)  # (k·N,): all first choices, then all second choices
-    one_hot = torch.nn.functional.one_hot(rank_major, n_experts)  # (k·N, E)
-    slot = (one_hot.cumsum(0) * one_hot).sum(-1) - 1  # (k·N,) position of each assignment in its expert
+    slot = rank_within_expert(rank_major, n_experts)  # (k·N,) position of each assignment in its expert
     return (slot < capacity).view(k, N).t()  # (N, k)
 
 
@@ -135,7 +148,7 @@ def dispatch_batched(x: torch.Tensor, bank: ExpertBank, expert_idx: torch.Tensor
     """Fast path without a Python loop over experts: one padded (E, S, C) buffer, two ``bmm`` for all experts.
 
     Each assignment gets a slot in its expert's row: its rank among that expert's assignments, a running
-    count (``cumsum`` of one-hot rows) rather than a sort. Rows are zero-padded up to the busiest expert's
+    count (:func:`rank_within_expert`) rather than a sort. Rows are zero-padded up to the busiest expert's
     count S; padding slots are computed and never read. Results come back by the same (expert, slot)
     index and are mixed as ``Σ_k g_k y_k`` per token, so no scatter-add is needed either. Dropped
     assignments (``keep`` False) take no slot: they share one spare row and their gate is zeroed.
@@ -147,14 +160,9 @@ def dispatch_batched(x: torch.Tensor, bank: ExpertBank, expert_idx: torch.Tensor
     _check(x, expert_idx, gates, len(bank))
     N, k = expert_idx.shape
     flat_expert = expert_idx.reshape(-1)  # (A,), A = N·k; assignment a belongs to token a // k
-    one_hot = flat_expert.unsqueeze(1) == torch.arange(len(bank), device=x.device)  # (A, E) bool
-    if keep is not None:
-        flat_keep = keep.reshape(-1)  # (A,)
-        one_hot = one_hot & flat_keep.unsqueeze(1)  # dropped assignments do not count
-        gates = gates * keep.to(gates.dtype)
-    slot = one_hot.cumsum(0).gather(1, flat_expert.unsqueeze(1)).squeeze(1) - 1  # (A,) rank within its expert
-    if keep is not None:
-        slot = torch.where(flat_keep, slot, -1)
+    flat_keep = None if keep is None else keep.reshape(-1)  # (A,)
+    slot = rank_within_expert(flat_expert, len(bank), flat_keep)  # (A,) rank within its expert, -1 if dropped
+    gates = apply_keep(gates, keep)
     S = int(slot.max()) + 1 if slot.numel() else 0  # slots per expert: the busiest expert's count
     if keep is not None:
         slot = torch.where(flat_keep, slot, S)  # dropped ones share the spare slot S
@@ -166,7 +174,7 @@ def dispatch_batched(x: torch.Tensor, bank: ExpertBank, expert_idx: torch.Tensor
 
 
 def apply_keep(gates: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """Zero the gates of dropped assignments (the dense and masked paths then add nothing for them)."""
+    """Zero the gates of dropped assignments (the dense, masked and batched paths then add nothing for them)."""
     return gates if keep is None else gates * keep.to(gates.dtype)
 
 
