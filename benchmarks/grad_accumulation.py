@@ -27,8 +27,8 @@ import torch
 
 from minillm.accumulation import train_accumulated
 from minillm.bench import results_path, write_results
-from minillm.finetune import (default_config, freeze_lower_layers, saved_activation_bytes, trainable_adamw,
-                              training_state_bytes)
+from minillm.finetune import default_config, freeze_lower_layers, saved_activation_bytes, training_state_bytes
+from minillm.lora_finetune import make_adamw
 from minillm.pretrained import load_minilm_classifier, make_loader, tokenize_examples
 from minillm.profile import current_profile
 from minillm.runtime import pick_device, seed_everything
@@ -71,7 +71,7 @@ def measure(scheme: str, steps: int) -> dict:
     loader = list(make_loader(data, micro, shuffle=False, pad_id=tok.pad_token_id))
     model.train()  # dropout masks are saved for backward too: measure the training forward pass
     activations = saved_activation_bytes(model, {n: t.to(device) for n, t in loader[0].items()})
-    optimizer = trainable_adamw(model, cfg.lr)
+    optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, decay_all=True)
     amp = torch.bfloat16 if cfg.amp else None
     trained = torch.compile(model) if cfg.compile else model
     train_accumulated(trained, loader[:k], optimizer, k, autocast_dtype=amp, progress=False)  # warm-up step

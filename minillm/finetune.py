@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from minillm.accumulation import TrainLog, summed_loss, train_accumulated
+from minillm.lora_finetune import make_adamw
 from minillm.pretrained import PretrainedModelMissing, load_minilm_classifier, make_loader, tokenize_examples
 from minillm.profile import current_profile
 from minillm.sentiment import load_sentiment_splits
@@ -41,6 +42,7 @@ class FinetuneConfig:
     test_size: int | None = None
     max_length: int = 64
     lr: float = 5e-5
+    weight_decay: float = 0.01  # AdamW's default, on every trained parameter
     epochs: int = 1
     trainable_layers: int | None = None  # top encoder layers to train (None: all); the head always trains
     seed: int = 0
@@ -102,18 +104,6 @@ def freeze_lower_layers(model: torch.nn.Module, trainable_layers: int | None) ->
         if getattr(model.base_model, "pooler", None) is not None:
             model.base_model.pooler.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def trainable_adamw(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
-    """AdamW over the parameters that require gradients, ``fused``: one kernel updates all of them.
-
-    Same arithmetic as the default per-tensor loop, several times faster on a CPU — which matters most for
-    batch size 1, where the optimizer steps after every example.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("no parameter requires a gradient: nothing to train (check trainable_layers)")
-    return torch.optim.AdamW(params, lr=lr, fused=True)
 
 
 @torch.no_grad()
@@ -206,7 +196,7 @@ def run_finetune(name: str, micro_batch_size: int, accumulation_steps: int, cfg:
     model.train()  # dropout masks are saved for backward too: measure the training forward pass
     activations = saved_activation_bytes(model, probe)
     trained = torch.compile(model) if cfg.compile else model
-    optimizer = trainable_adamw(model, cfg.lr)
+    optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, decay_all=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(cfg.seed)  # dropout masks repeat across schemes

@@ -80,18 +80,22 @@ def lr_factor(step: int, cfg: LoRAFinetuneConfig) -> float:
     return max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - cfg.warmup_steps))
 
 
-def make_adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def make_adamw(model: nn.Module, lr: float, weight_decay: float, decay_all: bool = False) -> torch.optim.AdamW:
     """AdamW over the trainable parameters only; matrices decay, biases and LayerNorm gains do not.
 
+    ``decay_all=True`` decays every trainable parameter alike (what ``torch.optim.AdamW(params)`` does).
     ``fused=True``: one kernel updates every parameter (CPU and CUDA), several times faster than the default
     per-tensor loop when there are many tensors — the same arithmetic.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameter: nothing to fine-tune "
-                         "(did you freeze everything without injecting LoRA?)")
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+                         "(did you freeze everything without injecting LoRA, or set trainable_layers=0?)")
+    if decay_all:
+        groups = [{"params": params, "weight_decay": weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, fused=True)
 
 

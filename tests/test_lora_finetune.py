@@ -60,6 +60,9 @@ def test_adamw_sees_only_trainable_parameters_and_refuses_none():
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert in_opt == {id(p) for p in model.parameters() if p.requires_grad}
     assert all(p.dim() < 2 for p in opt.param_groups[1]["params"])  # biases: no weight decay
+    everything = make_adamw(model, 1e-3, 0.01, decay_all=True)  # chapter 4: AdamW's default, every tensor decays
+    assert [g["weight_decay"] for g in everything.param_groups] == [0.01]
+    assert {id(p) for p in everything.param_groups[0]["params"]} == in_opt
     for p in model.parameters():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameter"):
