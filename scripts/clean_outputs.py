@@ -29,12 +29,13 @@ _TQDM_WARNING = re.compile(r"^.*TqdmWarning: IProgress not found.*\n(\s+from \.a
 
 def clean_cell_outputs(outputs: list) -> list:
     """Merge each cell's streams and resolve carriage returns exactly as nbval does before comparing
-    (``nbval.plugin.coalesce_streams``), so the stored text is what nbval compares against."""
+    (``nbval.plugin.coalesce_streams``), so the stored text is what nbval compares against. A stream left
+    empty (it held only the stripped warning) is dropped, so the book shows no empty output box."""
     outputs = [nbformat.from_dict(copy.deepcopy(dict(o))) for o in outputs]
     for out in outputs:
         if out.get("output_type") == "stream" and out["name"] == "stderr":
             out["text"] = _TQDM_WARNING.sub("", out["text"])
-    return coalesce_streams(outputs)
+    return [o for o in coalesce_streams(outputs) if not (o.get("output_type") == "stream" and not o["text"])]
 
 
 def clean_notebook(nb) -> bool:
