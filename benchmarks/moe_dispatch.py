@@ -16,15 +16,13 @@ Writes benchmarks/results/moe_dispatch-<profile>-<device>.json. Run:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from minillm.bench import results_path, write_results
+from minillm.bench import interleaved_timings, results_path, write_results
 from minillm.moe import SparseMoE
 from minillm.moe_dispatch import dispatch
 from minillm.moe_lm import moe_config_for_profile
@@ -40,27 +38,6 @@ DISPATCH_MODES, LAYER_MODES = MODES[:2], MODES[2:]
 TOKEN_COUNTS = {"tiny": (8, 64, 512, 2048), "full": (8, 64, 2048, 8192)}
 TOLERANCE = 1e-5
 BAR = 3.0  # the issue's bar: fast dispatch >= 3x the masked loop's tokens/s
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved_timings(fns: dict, device: torch.device, rounds: int, warmup: int = 2) -> dict[str, dict]:
-    """Seconds per call of each function, calling them in turn ``rounds`` times: min and median."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: {"min_s": min(t), "median_s": statistics.median(t), "rounds": rounds} for name, t in times.items()}
 
 
 def compare_at(n_embd: int, hidden: int, n_tokens: int, device: torch.device, rounds: int) -> dict:

@@ -43,6 +43,28 @@ def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", warm
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": repeats}
 
 
+def interleaved_timings(fns: dict[str, Callable[[], object]], device: torch.device | str = "cpu", rounds: int = 30,
+                        warmup: int = 2) -> dict[str, dict]:
+    """Seconds per call of each function, calling them in turn ``rounds`` times: min and median.
+
+    Interleaving makes a burst of load from other processes hit every variant alike, so ratios between
+    them stay meaningful on a shared machine.
+    """
+    device = torch.device(device)
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: {"min_s": min(t), "median_s": statistics.median(t), "rounds": rounds} for name, t in times.items()}
+
+
 def results_path(name: str, profile: str, device: torch.device | str, results_dir: Path | None = None) -> Path:
     """``benchmarks/results/<name>-<profile>-<cpu|cuda>.json``."""
     return (results_dir or RESULTS_DIR) / f"{name}-{profile}-{torch.device(device).type}.json"

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from minillm.bench import read_results, results_path, time_call, write_results
+from minillm.bench import interleaved_timings, read_results, results_path, time_call, write_results
 from minillm.notebook import chapter_setup
 from minillm.profile import PROFILE_ENV, current_profile
 from minillm.runtime import device_name, machine_info, pick_device, seed_everything
@@ -76,6 +76,15 @@ def test_time_call_and_results_roundtrip(tmp_path):
     data = read_results(path, "python make_demo.py")
     assert data["value"] == 1.5 and data["machine"]["device_type"] == "cpu"
     assert json.loads(path.read_text())["created"].endswith("Z")
+
+
+def test_interleaved_timings_call_the_variants_in_turn():
+    calls = []
+    timing = interleaved_timings({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, "cpu",
+                                 rounds=3, warmup=1)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up of each, then one call of each per round
+    assert set(timing) == {"a", "b"} and timing["a"]["rounds"] == 3
+    assert timing["a"]["min_s"] <= timing["a"]["median_s"]
 
 
 def test_read_results_names_the_command(tmp_path):
