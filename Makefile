@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: book test venv browser data exercises bench clean
+.PHONY: book test smoke venv browser data exercises bench clean
 
 venv: $(STAMP)
 
@@ -25,7 +25,12 @@ book: venv
 test: venv browser
 	$(BIN)/python scripts/make_exercises.py --check
 	$(BIN)/python scripts/clean_outputs.py --check
+	$(BIN)/python scripts/notebook_pairs.py --check --report
 	$(BIN)/python -m pytest $(NBVAL) tests book solutions
+
+## The full profile end to end on this CPU: full-size models and code paths, loops and data capped (MINILLM_SMOKE).
+smoke: venv
+	MINILLM_PROFILE=full MINILLM_SMOKE=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider book
 
 ## Headless Chromium for the end-to-end test (installed with apt when running as root).
 browser:
@@ -36,19 +41,15 @@ browser:
 
 ## Fetch the offline data into the cache (~/.cache/minillm or $$MINILLM_CACHE).
 data: venv
-	$(BIN)/python -c "from minillm.shakespeare import load_shakespeare; print(len(load_shakespeare()), 'characters')"
+	$(BIN)/python -c "from minillm.data.shakespeare import load_shakespeare; print(len(load_shakespeare()), 'characters')"
 
 ## Regenerate exercises/ from solutions/.
 exercises: venv
 	$(BIN)/python scripts/make_exercises.py
 
-## Run the benchmarks (on a GPU machine: MINILLM_PROFILE=full make bench).
+## Run the benchmarks on this machine's CPU (the GPU ones: scripts/gpu_check.sh).
 bench: venv
-	$(BIN)/python benchmarks/attention_throughput.py
-	$(BIN)/python benchmarks/grad_accumulation.py
-	$(BIN)/python benchmarks/updp_latency.py
-	$(BIN)/python benchmarks/moe_dispatch.py
-	$(BIN)/python benchmarks/lora_vs_full.py
+	$(BIN)/python -m benchmarks --device cpu
 
 clean:
 	rm -rf _build .pytest_cache

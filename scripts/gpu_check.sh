@@ -7,10 +7,7 @@ make venv
 .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to PyTorch: run this on a GPU machine')"
 export MINILLM_PROFILE=full MINILLM_DEVICE=cuda
 .venv/bin/python -c "import torch; print('GPU:', torch.cuda.get_device_name(0))"
-# Every benchmark picks the device from MINILLM_DEVICE; gptq_cpu.py is the CPU-only bar of chapter 5.
-for script in attention_throughput moe_dispatch lora_vs_full grad_accumulation updp_latency quant_matmul_gpu; do
-  echo "== benchmarks/$script.py"
-  .venv/bin/python "benchmarks/$script.py"
-done
+# One benchmark list for make bench and this check: benchmarks/__init__.py (ordered by value).
+.venv/bin/python -m benchmarks --device cuda
 .venv/bin/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg book solutions
 .venv/bin/python scripts/run_notebooks.py --no-save

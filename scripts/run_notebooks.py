@@ -3,8 +3,9 @@
     python scripts/run_notebooks.py                 # every notebook in book/ and solutions/, outputs saved
     python scripts/run_notebooks.py book/ch01_attention_gpt.ipynb
     python scripts/run_notebooks.py --no-save       # time them only
+    python scripts/run_notebooks.py --no-times book/ch01_attention_gpt.ipynb   # save outputs, record no timing
 
-Timings go to benchmarks/results/notebook-times-<profile>-<cpu|cuda>.json (merged with earlier runs,
+Timings go to benchmarks/results/notebook_times-<profile>-<cpu|cuda>.json (merged with earlier runs,
 keyed by notebook), and the README's table between the `timings` markers is regenerated from that file.
 """
 
@@ -22,9 +23,9 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from minillm.bench import results_path, write_results  # noqa: E402
-from minillm.profile import current_profile  # noqa: E402
-from minillm.runtime import pick_device  # noqa: E402
+from minillm.core.bench import results_path, write_results  # noqa: E402
+from minillm.core.profile import current_profile  # noqa: E402
+from minillm.core.runtime import pick_device  # noqa: E402
 from scripts.clean_outputs import clean_notebook  # noqa: E402
 
 START, END = "<!-- timings:start -->", "<!-- timings:end -->"
@@ -64,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path)
     parser.add_argument("--no-save", action="store_true", help="do not write outputs back")
+    parser.add_argument("--no-times", action="store_true",
+                        help="do not record the timings (JSON and README table): for runs on a busy machine")
     args = parser.parse_args(argv)
     notebooks = args.notebooks or sorted((ROOT / "book").glob("*.ipynb")) + sorted((ROOT / "solutions").glob("*.ipynb"))
     device = pick_device()
-    out = results_path("notebook-times", current_profile().name, device)
+    out = results_path("notebook_times", current_profile().name, device)
     previous = json.loads(out.read_text())["notebooks"] if out.exists() else {}
     for path in notebooks:
         path = path.resolve()
@@ -75,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = execute(path, save=not args.no_save)
         previous[name] = round(seconds, 1)
         print(f"{name}: {seconds / 60:.1f} min", flush=True)
+    if args.no_times:
+        return 0
     write_results(out, {"profile": current_profile().name, "notebooks": previous}, device)
     update_readme(json.loads(out.read_text()))
     print(f"wrote {out.relative_to(ROOT)} and the README table")

@@ -1,24 +1,29 @@
-"""UPDP: unified progressive depth pruning with reparameterisation (chapter 6).
+"""Chapter 6 — UPDP: unified progressive depth pruning with reparameterisation.
 
 Stages: :func:`~minillm.prune.supernet.train_supernet` (sandwich rule) →
 :func:`~minillm.prune.search.genetic_search` → :func:`~minillm.prune.progressive.train_subnet`
 (λ: 0 → 1) → :meth:`~minillm.prune.models.PrunableModel.merged` (reparameterisation, :mod:`~minillm.prune.reparam`).
+
+Modules: :mod:`~minillm.prune.reparam`, :mod:`~minillm.prune.blocks`, :mod:`~minillm.prune.models`,
+:mod:`~minillm.prune.training`, :mod:`~minillm.prune.supernet`, :mod:`~minillm.prune.search`,
+:mod:`~minillm.prune.progressive`. The images come from :mod:`minillm.data.images`.
 """
 
 from minillm.prune import reparam
 from minillm.prune.blocks import PrunableConvBlock, PrunableViTBlock, ProgressiveAct, TokenBatchNorm
-from minillm.prune.data import ImageData, load_digits_data, load_fashion_mnist, load_image_data
-from minillm.prune.models import CNN_FULL, CNN_TINY, VIT_FULL, VIT_TINY, ResCNN, TinyViT, count_layers
-from minillm.prune.progressive import (UPDP_FULL, UPDP_TINY, UPDPConfig, UPDPResult, lambda_schedule, run_updp,
-                                      train_subnet, updp_config)
-from minillm.prune.search import SearchConfig, exhaustive_search, genetic_search
-from minillm.prune.supernet import (TrainConfig, accuracy, recalibrate_bn, subnet_fitness, train,
-                                    train_supernet)
+from minillm.prune.models import (CNN_FULL, CNN_TINY, VIT_FULL, VIT_TINY, Mask, PrunableModel, ResCNN, ResCNNConfig,
+                                  TinyViT, ViTConfig, count_layers)
+from minillm.prune.progressive import (UPDP_FULL, UPDP_TINY, UPDPConfig, UPDPResult, describe_mask, lambda_schedule,
+                                       merge_error, run_updp, train_subnet)
+from minillm.prune.search import SearchConfig, SearchResult, exhaustive_search, genetic_search
+from minillm.prune.supernet import sandwich_subnets, subnet_fitness, train_supernet
+from minillm.prune.training import ImageTrainConfig, image_accuracy, recalibrate_bn, train_image_classifier
 
 __all__ = [
-    "reparam", "PrunableConvBlock", "PrunableViTBlock", "ProgressiveAct", "TokenBatchNorm", "ImageData",
-    "load_digits_data", "load_fashion_mnist", "load_image_data", "CNN_FULL", "CNN_TINY", "VIT_FULL", "VIT_TINY",
-    "ResCNN", "TinyViT", "count_layers", "UPDP_FULL", "UPDP_TINY", "UPDPConfig", "lambda_schedule",
-    "train_subnet", "updp_config", "run_updp", "UPDPResult", "SearchConfig", "exhaustive_search", "genetic_search", "TrainConfig",
-    "accuracy", "recalibrate_bn", "subnet_fitness", "train", "train_supernet",
+    "reparam", "PrunableConvBlock", "PrunableViTBlock", "ProgressiveAct", "TokenBatchNorm", "CNN_FULL", "CNN_TINY",
+    "VIT_FULL", "VIT_TINY", "Mask", "PrunableModel", "ResCNN", "ResCNNConfig", "TinyViT", "ViTConfig",
+    "count_layers", "UPDP_FULL", "UPDP_TINY", "UPDPConfig", "UPDPResult", "describe_mask", "lambda_schedule",
+    "merge_error", "run_updp", "train_subnet", "SearchConfig", "SearchResult", "exhaustive_search",
+    "genetic_search", "sandwich_subnets", "subnet_fitness", "train_supernet", "ImageTrainConfig", "image_accuracy",
+    "recalibrate_bn", "train_image_classifier",
 ]

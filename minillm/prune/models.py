@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from minillm.core.evaluation import eval_mode
 from minillm.prune.blocks import PrunableBlock, PrunableConvBlock, PrunableViTBlock, make_act
 
 Mask = tuple[bool, ...]  # one entry per block, True = pruned
@@ -81,12 +82,10 @@ def count_layers(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
                 counts[name] += 1
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
-    was_training = model.training
-    model.eval()
     try:
-        model(example[:1].to(next(model.parameters()).device))
+        with eval_mode(model):
+            model(example[:1].to(next(model.parameters()).device))
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     counts["total"] = sum(counts.values())

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from minillm.profile import current_profile
-from minillm.prune.data import ImageData
-from minillm.prune.models import (CNN_FULL, CNN_TINY, VIT_FULL, VIT_TINY, PrunableModel, ResCNNConfig, ViTConfig,
-                                  count_layers)
+from minillm.data.images import ImageData
+from minillm.prune.models import (CNN_FULL, CNN_TINY, VIT_FULL, VIT_TINY, Mask, PrunableModel, ResCNNConfig,
+                                  ViTConfig, count_layers)
 from minillm.prune.search import SearchConfig, SearchResult, genetic_search
-from minillm.prune.supernet import Mask, TrainConfig, accuracy, subnet_fitness, train, train_supernet
+from minillm.prune.supernet import subnet_fitness, train_supernet
+from minillm.prune.training import ImageTrainConfig, image_accuracy, train_image_classifier
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ class UPDPConfig:
     data: str
     cnn: ResCNNConfig
     vit: ViTConfig
-    baseline: TrainConfig
-    supernet: TrainConfig
-    subnet: TrainConfig
+    baseline: ImageTrainConfig
+    supernet: ImageTrainConfig
+    subnet: ImageTrainConfig
     search: SearchConfig
     pruned_blocks: int
     ramp: float = 0.5  # fraction ρ of subnet training spent moving λ from 0 to 1
@@ -52,24 +52,19 @@ class UPDPConfig:
 
 UPDP_TINY = UPDPConfig(
     data="digits", cnn=CNN_TINY, vit=VIT_TINY,
-    baseline=TrainConfig(epochs=20, batch_size=128, lr=3e-3),
-    supernet=TrainConfig(epochs=6, batch_size=128, lr=1e-3, seed=1),
-    subnet=TrainConfig(epochs=8, batch_size=128, lr=1e-3, seed=2),
+    baseline=ImageTrainConfig(epochs=20, batch_size=128, lr=3e-3),
+    supernet=ImageTrainConfig(epochs=6, batch_size=128, lr=1e-3, seed=1),
+    subnet=ImageTrainConfig(epochs=8, batch_size=128, lr=1e-3, seed=2),
     search=SearchConfig(population=6, generations=4, elite=3),
     pruned_blocks=3)
 
 UPDP_FULL = UPDPConfig(
     data="fashion-mnist", cnn=CNN_FULL, vit=VIT_FULL,
-    baseline=TrainConfig(epochs=10, batch_size=128, lr=2e-3),
-    supernet=TrainConfig(epochs=6, batch_size=128, lr=1e-3, seed=1),
-    subnet=TrainConfig(epochs=6, batch_size=128, lr=1e-3, seed=2),
+    baseline=ImageTrainConfig(epochs=10, batch_size=128, lr=2e-3),
+    supernet=ImageTrainConfig(epochs=6, batch_size=128, lr=1e-3, seed=1),
+    subnet=ImageTrainConfig(epochs=6, batch_size=128, lr=1e-3, seed=2),
     search=SearchConfig(population=12, generations=8, elite=4),
     pruned_blocks=4)
-
-
-def updp_config() -> UPDPConfig:
-    """The preset of the active profile (``MINILLM_PROFILE``)."""
-    return current_profile().pick(UPDP_TINY, UPDP_FULL)
 
 
 def lambda_schedule(step: int, total: int, ramp: float = 0.5) -> float:
@@ -81,7 +76,7 @@ def lambda_schedule(step: int, total: int, ramp: float = 0.5) -> float:
     return min(1.0, step / max(1.0, ramp * total))
 
 
-def train_subnet(model: PrunableModel, mask: Mask, data: ImageData, cfg: TrainConfig, progressive: bool = True,
+def train_subnet(model: PrunableModel, mask: Mask, data: ImageData, cfg: ImageTrainConfig, progressive: bool = True,
                  ramp: float = 0.5, tracker=None) -> list[float]:
     """Stage 3: fine-tune ``model`` as the subnet ``mask``; λ follows the schedule (or is 1 throughout).
 
@@ -92,7 +87,7 @@ def train_subnet(model: PrunableModel, mask: Mask, data: ImageData, cfg: TrainCo
         schedule = lambda step, total: lambda_schedule(step, total, ramp)  # noqa: E731
     else:
         schedule = lambda step, total: 1.0  # noqa: E731
-    losses = train(model, data, cfg, lam=schedule, tracker=tracker,
+    losses = train_image_classifier(model, data, cfg, lam=schedule, tracker=tracker,
                    desc="progressive" if progressive else "direct")
     model.set_lambda(1.0)
     return losses
@@ -128,13 +123,13 @@ def run_updp(model: PrunableModel, data: ImageData, cfg: UPDPConfig, pruned_bloc
         raise ValueError(f"cannot prune {k} of {model.num_blocks} blocks; choose 1 ≤ k ≤ {model.num_blocks}.")
     losses = {}
     if train_baseline:
-        losses["baseline"] = train(model, data, cfg.baseline, tracker=tracker, desc="baseline")
+        losses["baseline"] = train_image_classifier(model, data, cfg.baseline, tracker=tracker, desc="baseline")
     model.eval()
     supernet = copy.deepcopy(model)
     losses["supernet"] = train_supernet(supernet, data, cfg.supernet, tracker=tracker)
     search = genetic_search(subnet_fitness(copy.deepcopy(supernet), data), model.num_blocks, k, cfg.search)
     result = UPDPResult(baseline=model, supernet=supernet, search=search, losses=losses)
-    result.accuracy["baseline"] = accuracy(model, data.x_test, data.y_test)
+    result.accuracy["baseline"] = image_accuracy(model, data.x_test, data.y_test)
     result.layers["baseline"] = count_layers(model, data.x_test[:1])
     for arm in ("direct", "progressive"):
         subnet = copy.deepcopy(model)
@@ -143,8 +138,8 @@ def run_updp(model: PrunableModel, data: ImageData, cfg: UPDPConfig, pruned_bloc
         subnet.eval()
         merged = subnet.merged()
         result.subnets[arm], result.merged[arm] = subnet, merged
-        result.accuracy[arm] = accuracy(subnet, data.x_test, data.y_test)
-        result.accuracy[f"{arm}_merged"] = accuracy(merged, data.x_test, data.y_test)
+        result.accuracy[arm] = image_accuracy(subnet, data.x_test, data.y_test)
+        result.accuracy[f"{arm}_merged"] = image_accuracy(merged, data.x_test, data.y_test)
         result.merge_rel_err[arm] = merge_error(subnet, merged, data.x_test[:256])
         result.layers[f"{arm}_merged"] = count_layers(merged, data.x_test[:1])
     return result

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
 from tqdm import tqdm
 
@@ -31,6 +31,8 @@ class SearchConfig:
     elite: int = 3
     p_mut: float = 0.3
     seed: int = 0
+
+    SMOKE_CAPS: ClassVar[dict[str, int]] = {"generations": 1}
 
 
 @dataclass

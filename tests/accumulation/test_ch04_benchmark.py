@@ -1,0 +1,31 @@
+"""The gradient-accumulation benchmark measures one scheme end to end and reports honest memory numbers."""
+
+
+import pytest
+
+from notebook_utils import load_script
+
+
+
+def _load_script():
+    return load_script("benchmarks/ch04_grad_accumulation.py")
+
+
+def test_peak_rss_reset_and_read():
+    bench = _load_script()
+    rss = bench._status_kb("VmRSS")
+    assert rss is not None and rss > 0
+    if bench._reset_peak_rss():
+        assert bench._status_kb("VmHWM") >= rss * 0.5
+
+
+@pytest.mark.slow
+def test_measure_one_scheme(monkeypatch):
+    monkeypatch.delenv("MINILLM_PROFILE", raising=False)
+    bench = _load_script()
+    run = bench.measure("micro-batch 1 x accumulation 16", steps=1)
+    assert run["optimizer_steps"] == 1 and run["examples"] == 16
+    assert run["accumulation_steps"] == 16 and run["micro_batch_size"] == 1
+    assert run["seconds_per_example"] > 0 and run["activation_bytes"] > 0
+    assert run["state_bytes"] > 80 * 2**20  # 22.7 M fp32 weights alone are ~87 MiB
+    assert run["cuda_peak_bytes"] is None
