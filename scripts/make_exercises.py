@@ -16,6 +16,7 @@ import copy
 import json
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +43,40 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
     return "".join(out).rstrip("\n"), count
 
 
+def replace_regions(source: str, replacements: list[str | None], where: str = "cell") -> str:
+    """``source`` with its k-th marked region replaced by ``replacements[k]`` (re-indented to the region's
+    indentation; None keeps the solution). Used to feed a check the plausible wrong answers a learner writes."""
+    out, inside, k = [], False, -1
+    for line in source.splitlines(keepends=True):
+        if not inside and (m := BEGIN.match(line)):
+            inside, k = True, k + 1
+            if k >= len(replacements):
+                raise ValueError(f"{where}: region {k + 1} has no replacement (got {len(replacements)})")
+            if replacements[k] is not None:
+                body = textwrap.dedent(replacements[k]).strip("\n")
+                out.append(textwrap.indent(body, m.group("indent"), lambda _: True) + "\n")
+        elif inside and END.match(line):
+            inside = False
+        elif not inside or replacements[k] is None:
+            if not (inside and BEGIN.match(line)):
+                out.append(line)
+    if inside:
+        raise ValueError(f"{where}: '# BEGIN SOLUTION' is never closed by '# END SOLUTION'")
+    if k + 1 != len(replacements):
+        raise ValueError(f"{where}: {len(replacements)} replacements for {k + 1} regions")
+    return "".join(out)
+
+
+def exercise_cells(nb: dict) -> list[int]:
+    """Indices (into ``nb["cells"]``) of the code cells holding a solution region: exercise 1, 2, ..."""
+    return [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+            and any(BEGIN.match(line) for line in "".join(c["source"]).splitlines())]
+
+
 def make_exercise(solution: dict, name: str = "notebook") -> dict:
     """The learner copy of one solution notebook (nbformat 4 JSON as a dict)."""
     nb = copy.deepcopy(solution)
+    nb.get("metadata", {}).pop("jupytext", None)  # the learner copy is not paired with a text file
     cells, regions = [], 0
     for i, cell in enumerate(nb["cells"]):
         if "solution-only" in cell.get("metadata", {}).get("tags", []):
