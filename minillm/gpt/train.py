@@ -42,6 +42,22 @@ class LMTrainConfig:
 
     SMOKE_CAPS: ClassVar[dict[str, int]] = {"max_iters": 3, "warmup_iters": 1, "eval_interval": 3, "eval_iters": 2}
 
+    def __post_init__(self):
+        for name in ("max_iters", "batch_size", "eval_interval", "eval_iters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"LMTrainConfig.{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.warmup_iters <= self.max_iters:
+            raise ValueError(f"warmup_iters={self.warmup_iters} must lie in [0, max_iters={self.max_iters}]; "
+                             "shorten the warm-up or train longer")
+        if not (0 <= self.min_lr <= self.learning_rate and math.isfinite(self.learning_rate)):
+            raise ValueError(f"need 0 <= min_lr <= learning_rate (finite), got min_lr={self.min_lr}, "
+                             f"learning_rate={self.learning_rate}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("betas must lie in [0, 1) and weight_decay, grad_clip be >= 0 (grad_clip 0 = no clipping), "
+                             f"got betas=({self.beta1}, {self.beta2}), weight_decay={self.weight_decay}, "
+                             f"grad_clip={self.grad_clip}")
+
     def lr_at(self, it: int) -> float:
         """Linear warm-up, then cosine decay from ``learning_rate`` to ``min_lr`` at ``max_iters``."""
         return warmup_schedule(it, self.max_iters, self.learning_rate, self.warmup_iters, self.min_lr, "cosine")
@@ -57,6 +73,8 @@ LM_TRAIN_FULL = LMTrainConfig(max_iters=5000, batch_size=64, learning_rate=1e-3,
 def estimate_loss(model: nn.Module, splits: TokenSplits, block_size: int, batch_size: int, eval_iters: int,
                   generator: torch.Generator, device: torch.device | str = "cpu") -> dict[str, float]:
     """Mean loss over ``eval_iters`` random batches of each split (cheap, noisy: for curves)."""
+    if isinstance(eval_iters, bool) or not isinstance(eval_iters, int) or eval_iters <= 0:
+        raise ValueError(f"eval_iters must be a positive number of batches per split, got {eval_iters!r}")
     out = {}
     with eval_mode(model):
         for name in ("train", "val"):
@@ -70,6 +88,14 @@ def estimate_loss(model: nn.Module, splits: TokenSplits, block_size: int, batch_
 def evaluate_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_size: int = 64,
                   device: torch.device | str = "cpu") -> float:
     """Exact mean next-token loss over every non-overlapping window of ``data`` (for reported figures)."""
+    if not isinstance(data, torch.Tensor) or data.dim() != 1 or data.is_floating_point():
+        raise ValueError(f"data must be a 1-D tensor of token ids (e.g. splits.val), got "
+                         f"{getattr(data, 'dtype', type(data))} of shape {tuple(getattr(data, 'shape', ()))}")
+    if len(data) <= block_size:
+        raise ValueError(f"evaluating windows of block_size={block_size} needs more than {block_size} tokens, got "
+                         f"{len(data)}; pass a longer split")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     x, y = sequential_windows(data, block_size)  # (N, T) each
     total, count = 0.0, 0
     with eval_mode(model):
@@ -83,6 +109,11 @@ def evaluate_loss(model: nn.Module, data: torch.Tensor, block_size: int, batch_s
 
 def perplexity(loss: float) -> float:
     """exp(loss): the effective number of equally likely next tokens."""
+    if not isinstance(loss, (int, float)) or not math.isfinite(loss) or loss < 0:
+        raise ValueError(f"perplexity needs a finite cross-entropy >= 0 in nats, got {loss!r}; a NaN or inf loss "
+                         "means training diverged: lower the learning rate or check the data")
+    if loss > 700:
+        raise ValueError(f"a loss of {loss} nats overflows exp(); it is not a language model's loss: check the units")
     return math.exp(loss)
 
 
@@ -117,7 +148,18 @@ def train_lm(model: nn.Module, splits: TokenSplits, cfg: LMTrainConfig, device: 
     (chapter 2's load-balancing loss). At every evaluation point ``eval_callback(iteration, model)`` may
     return extra metrics (e.g. per-expert load); they are kept in ``history.extra`` and logged to mlflow.
     """
-    block_size = model.config.block_size
+    if not isinstance(cfg, LMTrainConfig):
+        raise TypeError(f"cfg must be an LMTrainConfig, got {type(cfg).__name__}; use LM_TRAIN_TINY, LM_TRAIN_FULL or "
+                        "LMTrainConfig(...)")
+    if not isinstance(splits, TokenSplits):
+        raise TypeError(f"splits must be a TokenSplits, got {type(splits).__name__}; make it with "
+                        "TokenSplits.from_tokens(tokenizer.encode(text))")
+    block_size = getattr(getattr(model, "config", None), "block_size", None)
+    if block_size is None:
+        raise TypeError(f"train_lm needs a language model with config.block_size (GPT, MoELM), got {type(model).__name__}")
+    if min(len(splits.train), len(splits.val)) <= block_size:
+        raise ValueError(f"each split needs more than block_size={block_size} tokens, got train {len(splits.train)} and "
+                         f"val {len(splits.val)}; use more text or a smaller block_size")
     gen_train = torch.Generator().manual_seed(cfg.seed)
     gen_eval = torch.Generator().manual_seed(cfg.seed + 1)
     optimizer = make_adamw(model, cfg.learning_rate, cfg.weight_decay, (cfg.beta1, cfg.beta2), decay="matrices")
