@@ -1,4 +1,4 @@
-"""Prunable blocks: the UPDP block-pruning strategy, for a residual CNN block and a ViT MLP block.
+"""Prunable blocks: the UPDP block-pruning strategy, for two residual CNN blocks and a ViT MLP block.
 
 A block is pruned by making everything between its input and its residual sum *linear*, so the whole block
 collapses into one layer by reparameterisation (:mod:`minillm.prune.reparam`):
@@ -7,9 +7,12 @@ collapses into one layer by reparameterisation (:mod:`minillm.prune.reparam`):
 * LayerNorm / GroupNorm → BatchNorm (BN is affine at inference, LN/GN are not);
 * an activation and a BN are inserted *after* the block, so the merged layer is a plain ``conv → act``
   (the BN fuses into the conv) and the network keeps a non-linearity at that depth;
-* padding lives on the first (1×1) conv and stride on the last, which makes the 1×1 → k×k merge exact.
+* in the bottleneck block (1×1 then k×k) padding lives on the first conv and stride on the last, which makes
+  the 1×1 → k×k merge exact; the ConvNeXt block (depthwise k×k, then two 1×1) needs no such move, because
+  k×k → 1×1 merges exactly for any padding.
 
-Pruned conv block:  ``y = act(BN_post(x + conv_k(act_λ(BN(conv_1(x))))))``  → merged: ``act(conv_k'(x))``.
+Pruned bottleneck block:  ``y = act(BN_post(x + conv_k(act_λ(BN(conv_1(x))))))``  → merged: ``act(conv_k'(x))``.
+Pruned ConvNeXt block:    ``y = act(BN_post(x + pw₂(act_λ(pw₁(BN(dw_k(x)))))))``  → merged: ``act(conv_k'(x))``.
 Pruned ViT block:   ``y = x + attn(LN(x));  z = GELU(BN_post(y + fc₂(act_λ(fc₁(BN(y))))))`` → ``GELU(FC'(y))``.
 
 Defined in chapter 6 (UPDP depth pruning).
@@ -43,9 +46,12 @@ class ProgressiveAct(nn.Module):
 
     def forward(self, x: torch.Tensor, lam: float = 0.0) -> torch.Tensor:
         if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"λ must lie in [0, 1], got {lam}.")
+            raise ValueError(f"λ must lie in [0, 1], got {lam}; schedule it with lambda_schedule (0 = activation, "
+                             "1 = identity).")
         if lam == 1.0:
             return x
+        if lam == 0.0:  # the plain activation: no extra multiply-adds (what the latency split times)
+            return self.act(x)
         return (1.0 - lam) * self.act(x) + lam * x
 
 
@@ -54,7 +60,8 @@ class TokenBatchNorm(nn.BatchNorm1d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
-            raise ValueError(f"TokenBatchNorm expects (B, T, C) tokens, got shape {tuple(x.shape)}.")
+            raise ValueError(f"TokenBatchNorm expects (B, T, C) tokens, got shape {tuple(x.shape)}; use "
+                             "nn.BatchNorm1d for (N, C) features.")
         b, t, c = x.shape
         return super().forward(x.reshape(b * t, c)).reshape(b, t, c)
 
@@ -70,16 +77,20 @@ class PrunableBlock(nn.Module):
             raise ValueError(f"only a pruned block at λ = 1 is linear and can merge (pruned={self.pruned}, "
                              f"λ={self.lam}); call set_subnet/set_lambda(1.0) and train at λ = 1 first.")
         if self.training:
-            raise ValueError("merge in eval mode (model.eval()): BatchNorm fuses its running statistics.")
+            raise ValueError("merge in eval mode: call model.eval() first, since BatchNorm fuses its running statistics.")
 
 
 class PrunableConvBlock(PrunableBlock):
-    """ConvNeXt-like residual block ``x + conv_k(act(GN(conv_1(x))))`` that UPDP can prune to one conv."""
+    """Bottleneck residual block ``x + conv_k(act(GN(conv_1(x))))`` that UPDP can prune to one conv.
+
+    Its padding sits on the 1×1 conv (the condition for an exact 1×1 → k×k merge), so the GroupNorm sees the
+    padded (H+2p)×(W+2p) map; the ConvNeXt block below needs no such change to the baseline.
+    """
 
     def __init__(self, channels: int, expand: int, kernel: int = 3, act: str = "gelu", groups: int = 1):
         super().__init__()
         if kernel % 2 != 1:
-            raise ValueError(f"kernel must be odd so the residual lines up, got {kernel}.")
+            raise ValueError(f"kernel must be odd so the residual lines up, got {kernel}; use 3, 5 or 7.")
         # padding on the 1×1 conv (not the k×k): the condition under which 1×1 → k×k merges exactly
         self.conv1 = nn.Conv2d(channels, expand, 1, padding=kernel // 2)
         self.norm = nn.GroupNorm(groups, expand)  # full block: GN (LN over channels when groups=1)
@@ -108,13 +119,64 @@ class PrunableConvBlock(PrunableBlock):
         return nn.Sequential(conv, copy.deepcopy(self.post_act))
 
 
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of (B, C, H, W) maps, as ConvNeXt normalises."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"ChannelLayerNorm expects (B, C, H, W) maps, got shape {tuple(x.shape)}; "
+                             "use nn.LayerNorm on (B, T, C) tokens.")
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # normalise over C
+
+
+class PrunableConvNeXtBlock(PrunableBlock):
+    """ConvNeXt block ``x + pw₂(GELU(pw₁(LN(dw_k(x)))))`` (depthwise k×k, 1×1 expansion, 1×1 projection).
+
+    Pruned: LN → BN, GELU → act_λ, then BN and GELU after the residual. At λ = 1 the merge folds the BN
+    into the depthwise conv (a grouped conv + BN), then both 1×1 convs into it (k×k → 1×1, exact for the
+    depthwise conv's 'same' padding) and the residual as an identity kernel: one dense k×k conv → GELU.
+    """
+
+    def __init__(self, channels: int, expand: int, kernel: int = 3, act: str = "gelu"):
+        super().__init__()
+        if kernel % 2 != 1:
+            raise ValueError(f"kernel must be odd so the residual lines up, got {kernel}; use 3, 5 or 7.")
+        self.dw = nn.Conv2d(channels, channels, kernel, padding=kernel // 2, groups=channels)  # depthwise
+        self.norm = ChannelLayerNorm(channels)  # full block: LN over channels, as ConvNeXt
+        self.norm_bn = nn.BatchNorm2d(channels)  # pruned block: BN, which fuses into the depthwise conv
+        self.pw1 = nn.Conv2d(channels, expand, 1)  # expansion
+        self.act = ProgressiveAct(act)
+        self.pw2 = nn.Conv2d(expand, channels, 1)  # projection
+        self.post_bn = nn.BatchNorm2d(channels)
+        self.post_act = make_act(act)
+        self.pruned, self.lam = False, 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, H, W)
+        h = self.dw(x)  # (B, C, H, W)
+        if not self.pruned:
+            return x + self.pw2(self.act(self.pw1(self.norm(h)), 0.0))  # pw1: (B, E, H, W)
+        y = x + self.pw2(self.act(self.pw1(self.norm_bn(h)), self.lam))
+        return self.post_act(self.post_bn(y))
+
+    @torch.no_grad()
+    def merge(self) -> nn.Sequential:
+        """``conv → act`` equal to this pruned block at λ = 1 (eval mode): one dense k×k conv."""
+        self._check_mergeable()
+        conv = reparam.fuse_conv_bn(self.dw, self.norm_bn)  # depthwise k×k + BN: still depthwise
+        conv = reparam.merge_kxk_1x1(conv, self.pw1)  # dense k×k, C → E
+        conv = reparam.merge_kxk_1x1(conv, self.pw2)  # dense k×k, C → C
+        conv = reparam.add_identity_conv(conv)  # + x
+        conv = reparam.fuse_conv_bn(conv, self.post_bn)
+        return nn.Sequential(conv, copy.deepcopy(self.post_act))
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over tokens (B, T, C), no mask (an image has no order to hide)."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim {dim} must be divisible by heads {heads}.")
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}; choose a head count that divides dim.")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)

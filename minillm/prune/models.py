@@ -1,4 +1,4 @@
-"""Two small image classifiers whose blocks UPDP can prune: a residual CNN and a ViT.
+"""Two small image classifiers whose blocks UPDP can prune: a residual CNN (ConvNeXt or bottleneck blocks) and a ViT.
 
 A *subnet* is a boolean mask over the blocks (True = pruned). :class:`PrunableModel` switches the supernet
 to a subnet, sets the progressive λ of the pruned blocks and, at λ = 1, returns the merged (shallower) model:
@@ -18,9 +18,15 @@ import torch
 from torch import nn
 
 from minillm.core.evaluation import eval_mode
-from minillm.prune.blocks import PrunableBlock, PrunableConvBlock, PrunableViTBlock, make_act
+from minillm.prune.blocks import ACTIVATIONS, PrunableBlock, PrunableConvBlock, PrunableConvNeXtBlock, PrunableViTBlock, make_act
 
 Mask = tuple[bool, ...]  # one entry per block, True = pruned
+
+
+def _same_dtype(x: torch.Tensor, weight: torch.Tensor) -> None:
+    if x.dtype != weight.dtype or x.device != weight.device:
+        raise ValueError(f"images are {x.dtype} on {x.device} but the model is {weight.dtype} on {weight.device}; "
+                         "move them with x.to(weight) (e.g. x.float().to(device)).")
 
 
 class PrunableModel(nn.Module):
@@ -39,14 +45,15 @@ class PrunableModel(nn.Module):
     def set_subnet(self, mask: Sequence[bool]) -> None:
         """Prune the blocks where ``mask`` is True (the others run their full form)."""
         if len(mask) != self.num_blocks:
-            raise ValueError(f"subnet mask has {len(mask)} entries but the model has {self.num_blocks} blocks.")
+            raise ValueError(f"subnet mask has {len(mask)} entries but the model has {self.num_blocks} blocks; "
+                             "give one True (pruned) / False (full) per block.")
         for block, pruned in zip(self.blocks, mask):
             block.pruned = bool(pruned)
 
     def set_lambda(self, lam: float) -> None:
         """λ of every pruned block's activation: 0 = original activation, 1 = identity (mergeable)."""
         if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"λ must lie in [0, 1], got {lam}.")
+            raise ValueError(f"λ must lie in [0, 1], got {lam}; 0 keeps the activation, 1 makes the block mergeable.")
         for block in self.blocks:
             block.lam = float(lam)
 
@@ -74,6 +81,9 @@ def count_layers(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     Counted with forward hooks, so modules a block owns but does not call (e.g. the unused norm of its
     other form) are not counted.
     """
+    if not isinstance(example, torch.Tensor) or example.dim() < 2 or len(example) == 0:
+        raise ValueError(f"count_layers needs a batch of example inputs (N, ...), got "
+                         f"{type(example).__name__} {tuple(getattr(example, 'shape', ()))}; pass e.g. x_test[:1].")
     counts = {k: 0 for k in LAYER_KINDS}
 
     def hook(module, inputs, output):
@@ -92,20 +102,42 @@ def count_layers(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return counts
 
 
+CNN_BLOCKS = {"convnext": PrunableConvNeXtBlock, "bottleneck": PrunableConvBlock}
+
+
+def _positive(cfg, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(cfg).__name__}.{name} must be a positive integer, got {value!r}.")
+
+
 @dataclass(frozen=True)
 class ResCNNConfig:
+    """``block``: "convnext" (depthwise k×k → LN → 1×1 → GELU → 1×1) or "bottleneck" (1×1 → GN → GELU → k×k)."""
+
     in_channels: int = 1
     num_classes: int = 10
     channels: int = 16
-    expand: int = 32
+    expand: int = 64
     depth: int = 6
     kernel: int = 3
     stem_stride: int = 1
     act: str = "gelu"
+    block: str = "convnext"
+
+    def __post_init__(self):
+        _positive(self, "in_channels", "num_classes", "channels", "expand", "depth", "kernel", "stem_stride")
+        if self.kernel % 2 != 1:
+            raise ValueError(f"ResCNNConfig.kernel must be odd so the residual lines up, got {self.kernel}.")
+        if self.block not in CNN_BLOCKS:
+            raise ValueError(f"unknown block {self.block!r}; choose one of {sorted(CNN_BLOCKS)}.")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.act!r}; choose one of {sorted(ACTIVATIONS)}.")
 
 
-CNN_TINY = ResCNNConfig()  # sklearn digits, 8×8
-CNN_FULL = ResCNNConfig(channels=48, expand=96, depth=8, stem_stride=2)  # Fashion-MNIST, 28×28 → 14×14
+CNN_TINY = ResCNNConfig()  # sklearn digits, 8×8: 6 ConvNeXt blocks of 16 channels (expansion 4×)
+CNN_FULL = ResCNNConfig(channels=48, expand=192, depth=8, stem_stride=2)  # Fashion-MNIST, 28×28 → 14×14
 
 
 class ResCNN(PrunableModel):
@@ -118,12 +150,14 @@ class ResCNN(PrunableModel):
             nn.Conv2d(cfg.in_channels, cfg.channels, 3, stride=cfg.stem_stride, padding=1),
             nn.BatchNorm2d(cfg.channels), make_act(cfg.act))
         self.blocks = nn.ModuleList(
-            PrunableConvBlock(cfg.channels, cfg.expand, cfg.kernel, cfg.act) for _ in range(cfg.depth))
+            CNN_BLOCKS[cfg.block](cfg.channels, cfg.expand, cfg.kernel, cfg.act) for _ in range(cfg.depth))
         self.head = nn.Linear(cfg.channels, cfg.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, classes)
         if x.dim() != 4 or x.shape[1] != self.cfg.in_channels:
-            raise ValueError(f"expected images (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}.")
+            raise ValueError(f"expected images (B, {self.cfg.in_channels}, H, W), got {tuple(x.shape)}; "
+                             "add the channel axis with x[:, None] or set in_channels in the config.")
+        _same_dtype(x, self.head.weight)
         x = self.stem(x)  # (B, C, H', W')
         for block in self.blocks:
             x = block(x)
@@ -141,6 +175,16 @@ class ViTConfig:
     depth: int = 4
     mlp_ratio: int = 2
     act: str = "gelu"
+
+    def __post_init__(self):
+        _positive(self, "image_size", "patch", "in_channels", "num_classes", "dim", "heads", "depth", "mlp_ratio")
+        if self.image_size % self.patch:
+            raise ValueError(f"image size {self.image_size} must be a multiple of the patch size {self.patch}; "
+                             "choose a patch that divides it.")
+        if self.dim % self.heads:
+            raise ValueError(f"ViTConfig.dim={self.dim} must be divisible by heads={self.heads}.")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.act!r}; choose one of {sorted(ACTIVATIONS)}.")
 
 
 VIT_TINY = ViTConfig()  # sklearn digits: 16 tokens of 2×2 patches
@@ -164,9 +208,11 @@ class TinyViT(PrunableModel):
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, classes)
-        if x.dim() != 4 or x.shape[-1] != self.cfg.image_size:
-            raise ValueError(f"expected images (B, C, {self.cfg.image_size}, {self.cfg.image_size}), "
-                             f"got {tuple(x.shape)}.")
+        if x.dim() != 4 or x.shape[1] != self.cfg.in_channels or x.shape[-2:] != (self.cfg.image_size,) * 2:
+            raise ValueError(f"expected images (B, {self.cfg.in_channels}, {self.cfg.image_size}, "
+                             f"{self.cfg.image_size}), got {tuple(x.shape)}; set image_size in the config to "
+                             "the data's size.")
+        _same_dtype(x, self.head.weight)
         x = self.embed(x).flatten(2).transpose(1, 2) + self.pos  # (B, T, dim)
         for block in self.blocks:
             x = block(x)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -32,12 +33,18 @@ from minillm.prune.models import (CNN_FULL, CNN_TINY, VIT_FULL, VIT_TINY, Mask, 
                                   ViTConfig, count_layers)
 from minillm.prune.search import SearchConfig, SearchResult, genetic_search
 from minillm.prune.supernet import subnet_fitness, train_supernet
-from minillm.prune.training import ImageTrainConfig, image_accuracy, train_image_classifier
+from minillm.prune.training import ImageTrainConfig, image_accuracy, limit_examples, train_image_classifier
+
+DATA_SETS = ("digits", "fashion-mnist")
 
 
 @dataclass(frozen=True)
 class UPDPConfig:
-    """Everything one UPDP run needs: data, model, the budget of each stage and how many blocks to prune."""
+    """Everything one UPDP run needs: data, model, the budget of each stage and how many blocks to prune.
+
+    ``train_examples`` / ``eval_examples`` (None: all) cut the splits, ``calib_batches`` is the number of
+    batches that re-estimate BatchNorm statistics before a subnet is scored; a smoke run caps all three.
+    """
 
     data: str
     cnn: ResCNNConfig
@@ -48,11 +55,36 @@ class UPDPConfig:
     search: SearchConfig
     pruned_blocks: int
     ramp: float = 0.5  # fraction ρ of subnet training spent moving λ from 0 to 1
+    train_examples: int | None = None
+    eval_examples: int | None = None
+    calib_batches: int = 4
+
+    SMOKE_CAPS: ClassVar[dict[str, int]] = {"train_examples": 512, "eval_examples": 256, "calib_batches": 1}
+
+    def __post_init__(self):
+        if self.data not in DATA_SETS:
+            raise ValueError(f"unknown image data set {self.data!r}; choose one of {DATA_SETS}.")
+        if not 0 < self.pruned_blocks <= self.cnn.depth:
+            raise ValueError(f"pruned_blocks={self.pruned_blocks} must be in [1, cnn.depth={self.cnn.depth}]; "
+                             "prune at least one block and keep the count within the depth.")
+        if not 0.0 < self.ramp <= 1.0:
+            raise ValueError(f"ramp must be in (0, 1], got {self.ramp}: it is the fraction of subnet training "
+                             "that moves λ from 0 to 1.")
+        for name in ("train_examples", "eval_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be None (all examples) or a positive count.")
+        if self.calib_batches < 1:
+            raise ValueError(f"calib_batches={self.calib_batches} must be at least 1.")
+
+    def prepare(self, data: ImageData) -> ImageData:
+        """The splits this run uses: ``data`` cut to ``train_examples`` / ``eval_examples``."""
+        return limit_examples(data, self.train_examples, self.eval_examples)
 
 
 UPDP_TINY = UPDPConfig(
     data="digits", cnn=CNN_TINY, vit=VIT_TINY,
-    baseline=ImageTrainConfig(epochs=20, batch_size=128, lr=3e-3),
+    baseline=ImageTrainConfig(epochs=20, batch_size=128, lr=6e-3),
     supernet=ImageTrainConfig(epochs=6, batch_size=128, lr=1e-3, seed=1),
     subnet=ImageTrainConfig(epochs=8, batch_size=128, lr=1e-3, seed=2),
     search=SearchConfig(population=6, generations=4, elite=3),
@@ -70,9 +102,11 @@ UPDP_FULL = UPDPConfig(
 def lambda_schedule(step: int, total: int, ramp: float = 0.5) -> float:
     """λ(t) = min(1, t / (ρ·T)): linear from 0 at the first step to 1 at ``ramp·total``, then held at 1."""
     if not 0.0 < ramp <= 1.0:
-        raise ValueError(f"ramp must be in (0, 1], got {ramp}.")
+        raise ValueError(f"ramp must be in (0, 1], got {ramp}: it is the fraction of training spent ramping λ.")
     if total <= 0:
-        raise ValueError(f"total steps must be positive, got {total}.")
+        raise ValueError(f"total steps must be positive, got {total}; pass the length of the training run.")
+    if not 0 <= step:
+        raise ValueError(f"step must be a non-negative step index, got {step}.")
     return min(1.0, step / max(1.0, ramp * total))
 
 
@@ -82,6 +116,11 @@ def train_subnet(model: PrunableModel, mask: Mask, data: ImageData, cfg: ImageTr
 
     Ends at λ = 1, so the model can be merged with :meth:`PrunableModel.merged`.
     """
+    if not isinstance(model, PrunableModel):
+        raise TypeError(f"train_subnet fine-tunes a PrunableModel (ResCNN, TinyViT), got {type(model).__name__}.")
+    lambda_schedule(0, 1, ramp)  # validates the ramp before any training
+    if not any(mask):
+        raise ValueError(f"mask {mask} prunes no block, so there is no subnet to fine-tune; set at least one True.")
     model.set_subnet(mask)
     if progressive:
         schedule = lambda step, total: lambda_schedule(step, total, ramp)  # noqa: E731
@@ -108,6 +147,9 @@ class UPDPResult:
 
 def merge_error(model: PrunableModel, merged: nn.Module, x: torch.Tensor) -> float:
     """max |merged(x) − model(x)| / max |model(x)| in eval mode."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or len(x) == 0:
+        raise ValueError(f"merge_error needs a non-empty float batch of inputs, got "
+                         f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}; pass e.g. data.x_test[:256].")
     model.eval(), merged.eval()
     x = x.to(next(model.parameters()).device)
     with torch.no_grad():
@@ -127,7 +169,8 @@ def run_updp(model: PrunableModel, data: ImageData, cfg: UPDPConfig, pruned_bloc
     model.eval()
     supernet = copy.deepcopy(model)
     losses["supernet"] = train_supernet(supernet, data, cfg.supernet, tracker=tracker)
-    search = genetic_search(subnet_fitness(copy.deepcopy(supernet), data), model.num_blocks, k, cfg.search)
+    search = genetic_search(subnet_fitness(copy.deepcopy(supernet), data, cfg.calib_batches), model.num_blocks, k,
+                            cfg.search)
     result = UPDPResult(baseline=model, supernet=supernet, search=search, losses=losses)
     result.accuracy["baseline"] = image_accuracy(model, data.x_test, data.y_test)
     result.layers["baseline"] = count_layers(model, data.x_test[:1])
@@ -147,4 +190,7 @@ def run_updp(model: PrunableModel, data: ImageData, cfg: UPDPConfig, pruned_bloc
 
 def describe_mask(mask: Mask) -> str:
     """``'F F P P P F'``: F = full block, P = pruned (merged) block."""
+    if isinstance(mask, str) or not all(isinstance(p, bool) for p in mask):
+        raise TypeError(f"a mask is a tuple of booleans (True = pruned), got {mask!r}; "
+                        "build it with e.g. tuple(i in pruned for i in range(n)).")
     return " ".join("P" if p else "F" for p in mask)

@@ -15,6 +15,7 @@ Defined in chapter 6 (UPDP depth pruning).
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
@@ -32,7 +33,17 @@ class SearchConfig:
     p_mut: float = 0.3
     seed: int = 0
 
-    SMOKE_CAPS: ClassVar[dict[str, int]] = {"generations": 1}
+    SMOKE_CAPS: ClassVar[dict[str, int]] = {"generations": 1, "population": 4, "elite": 2}
+
+    def __post_init__(self):
+        if self.population < 2 or self.generations < 1:
+            raise ValueError(f"SearchConfig needs population >= 2 and generations >= 1, got population="
+                             f"{self.population}, generations={self.generations}.")
+        if not 1 <= self.elite <= self.population:
+            raise ValueError(f"elite must be in [1, population={self.population}], got {self.elite}; keep "
+                             "fewer parents than the population.")
+        if not 0.0 <= self.p_mut <= 1.0:
+            raise ValueError(f"p_mut is a probability in [0, 1], got {self.p_mut}.")
 
 
 @dataclass
@@ -41,6 +52,12 @@ class SearchResult:
     best_fitness: float
     history: list[float] = field(default_factory=list)  # best fitness after each generation
     evaluated: dict[Mask, float] = field(default_factory=dict)  # every mask scored (the cache)
+
+
+def all_masks(n: int, k: int) -> list[Mask]:
+    """Every mask of ``n`` blocks with exactly ``k`` pruned, in lexicographic order of the pruned indices."""
+    _space(n, k)
+    return [mask_from_indices(n, pruned) for pruned in itertools.combinations(range(n), k)]
 
 
 def mask_from_indices(n: int, pruned: set[int] | list[int]) -> Mask:
@@ -70,16 +87,28 @@ def mutate(mask: Mask, rng: random.Random) -> Mask:
     return tuple(out)
 
 
+def _scored(fitness: Callable[[Mask], float], mask: Mask) -> float:
+    value = float(fitness(mask))
+    if not math.isfinite(value):
+        raise ValueError(f"fitness returned {value} for mask {mask}; the fitness must be a finite score "
+                         "(e.g. a validation accuracy) — check the model for diverged weights.")
+    return value
+
+
+def _space(n: int, k: int) -> None:
+    if not isinstance(n, int) or n < 1 or not isinstance(k, int) or not 0 < k <= n:
+        raise ValueError(f"cannot search masks pruning {k} of {n} blocks; choose 1 ≤ k ≤ n.")
+
+
 def genetic_search(fitness: Callable[[Mask], float], n: int, k: int, cfg: SearchConfig = SearchConfig()) -> SearchResult:
     """Maximise ``fitness`` over masks of ``n`` blocks with exactly ``k`` pruned; each mask is scored once."""
-    if cfg.elite < 1 or cfg.elite > cfg.population:
-        raise ValueError(f"elite must be in [1, population={cfg.population}], got {cfg.elite}.")
+    _space(n, k)
     rng = random.Random(cfg.seed)
     result = SearchResult(best=random_mask(n, k, rng), best_fitness=float("-inf"))
 
     def score(mask: Mask) -> float:
         if mask not in result.evaluated:
-            result.evaluated[mask] = float(fitness(mask))
+            result.evaluated[mask] = _scored(fitness, mask)
         return result.evaluated[mask]
 
     population = list({random_mask(n, k, rng) for _ in range(cfg.population * 4)})[:cfg.population]
@@ -107,10 +136,10 @@ def genetic_search(fitness: Callable[[Mask], float], n: int, k: int, cfg: Search
 
 def exhaustive_search(fitness: Callable[[Mask], float], n: int, k: int) -> SearchResult:
     """Score all C(n, k) masks (a reference for the genetic search when the space is small)."""
+    _space(n, k)
     result = SearchResult(best=(), best_fitness=float("-inf"))
-    for pruned in itertools.combinations(range(n), k):
-        mask = mask_from_indices(n, pruned)
-        result.evaluated[mask] = float(fitness(mask))
+    for mask in all_masks(n, k):
+        result.evaluated[mask] = _scored(fitness, mask)
         if result.evaluated[mask] > result.best_fitness:
             result.best, result.best_fitness = mask, result.evaluated[mask]
     result.history.append(result.best_fitness)

@@ -22,6 +22,10 @@ from minillm.prune.training import ImageTrainConfig, image_accuracy, recalibrate
 
 def sandwich_subnets(num_blocks: int, num_random: int = 2) -> Callable[[int, random.Random], list[Mask]]:
     """The sandwich rule: all-full, ``num_random`` uniformly random masks, all-pruned, for every step."""
+    if not isinstance(num_blocks, int) or num_blocks < 1 or not isinstance(num_random, int) or num_random < 0:
+        raise ValueError(f"sandwich_subnets needs num_blocks >= 1 and num_random >= 0, got {num_blocks} and "
+                         f"{num_random}; pass model.num_blocks.")
+
     def pick(step: int, rng: random.Random) -> list[Mask]:
         rand = [tuple(rng.random() < 0.5 for _ in range(num_blocks)) for _ in range(num_random)]
         return [(False,) * num_blocks, *rand, (True,) * num_blocks]
@@ -31,9 +35,12 @@ def sandwich_subnets(num_blocks: int, num_random: int = 2) -> Callable[[int, ran
 def train_supernet(model: PrunableModel, data: ImageData, cfg: ImageTrainConfig, num_random: int = 2,
                    tracker=None) -> list[float]:
     """Stage 1: sandwich-rule training with every pruned block at λ = 1 (its mergeable, linear form)."""
+    if not isinstance(model, PrunableModel):
+        raise TypeError(f"train_supernet trains a PrunableModel (ResCNN, TinyViT), got {type(model).__name__}; "
+                        "build the supernet from minillm.prune.")
     model.set_lambda(1.0)
-    return train_image_classifier(model, data, cfg, subnets=sandwich_subnets(model.num_blocks, num_random), tracker=tracker,
-                 desc="supernet")
+    return train_image_classifier(model, data, cfg, subnets=sandwich_subnets(model.num_blocks, num_random),
+                                  tracker=tracker, desc="supernet")
 
 
 def subnet_fitness(model: PrunableModel, data: ImageData, calib_batches: int = 4) -> Callable[[Mask], float]:
@@ -41,6 +48,13 @@ def subnet_fitness(model: PrunableModel, data: ImageData, calib_batches: int = 4
 
     The model's BN statistics change as a side effect: search on a copy of the supernet.
     """
+    if not isinstance(model, PrunableModel):
+        raise TypeError(f"subnet_fitness scores subnets of a PrunableModel, got {type(model).__name__}; "
+                        "pass the trained supernet (a ResCNN or TinyViT).")
+    if not isinstance(calib_batches, int) or calib_batches < 1:
+        raise ValueError(f"calib_batches={calib_batches!r} must be a positive integer: BatchNorm needs at "
+                         "least one batch to re-estimate its statistics.")
+
     def fitness(mask: Mask) -> float:
         model.set_subnet(mask)
         model.set_lambda(1.0)

@@ -40,10 +40,52 @@ class ImageTrainConfig:
 
     SMOKE_CAPS: ClassVar[dict[str, int]] = {"epochs": 1}
 
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"ImageTrainConfig.{name} must be a positive integer, got {getattr(self, name)!r}.")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"ImageTrainConfig.lr must be a positive finite number, got {self.lr}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"ImageTrainConfig.weight_decay must be >= 0, got {self.weight_decay}.")
+
+
+def _images(x: torch.Tensor, name: str = "x") -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor of images (N, C, H, W), got "
+                         f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))} {getattr(x, 'dtype', '')}; "
+                         "add the channel axis with x[:, None] and convert with x.float().")
+    if len(x) == 0:
+        raise ValueError(f"{name} holds no images; pass at least one.")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf; clean or re-standardise the images first.")
+
+
+def _labels(y: torch.Tensor, n: int) -> None:
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.dtype != torch.int64:
+        raise ValueError(f"labels must be an int64 tensor (N,), got {type(y).__name__} "
+                         f"{tuple(getattr(y, 'shape', ()))} {getattr(y, 'dtype', '')}; convert with y.long().")
+    if len(y) != n:
+        raise ValueError(f"{n} images but {len(y)} labels; pass one label per image.")
+
+
+def limit_examples(data: ImageData, train: int | None = None, evaluation: int | None = None) -> ImageData:
+    """``data`` with its first ``train`` training and first ``evaluation`` validation/test images (None: all)."""
+    for name, n in (("train", train), ("evaluation", evaluation)):
+        if n is not None and (not isinstance(n, int) or n < 1):
+            raise ValueError(f"{name} must be None (all examples) or a positive count, got {n!r}.")
+    if train is None and evaluation is None:
+        return data
+    tr, ev = slice(None, train), slice(None, evaluation)
+    return ImageData(data.name, data.x_train[tr], data.y_train[tr], data.x_val[ev], data.y_val[ev],
+                     data.x_test[ev], data.y_test[ev])
+
 
 @torch.no_grad()
 def image_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
     """Top-1 accuracy on images ``x`` (N, C, H, W) with labels ``y`` (N,), in eval mode (mode restored)."""
+    _images(x)
+    _labels(y, len(x))
     device = next(model.parameters()).device
     forward = lambda m, b: (m(b[0].to(device)), b[1])  # noqa: E731
     return evaluate_classifier(model, tensor_batches(x, y, batch_size), forward).accuracy
@@ -57,7 +99,14 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batches: int = 4, batch_si
     In a supernet a pruned block's BN saw many different upstream subnets; its statistics must match the
     one subnet being evaluated before its accuracy means anything.
     """
+    _images(x)
+    if batches < 1 or batch_size < 1:
+        raise ValueError(f"batches={batches} and batch_size={batch_size} must be positive; BN statistics need "
+                         "at least one calibration batch.")
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layer to recalibrate; call recalibrate_bn "
+                         "on a model with BatchNorm (a UPDP supernet or subnet).")
     saved = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
@@ -82,6 +131,15 @@ def train_image_classifier(model: PrunableModel, data: ImageData, cfg: ImageTrai
 
     ``lam(step, total)`` sets λ of the pruned blocks before each step. Returns the per-step mean loss.
     """
+    if not isinstance(model, PrunableModel):
+        raise TypeError(f"train_image_classifier trains a PrunableModel (ResCNN, TinyViT), got "
+                        f"{type(model).__name__}; build one from minillm.prune.")
+    _images(data.x_train, "data.x_train")
+    _labels(data.y_train, len(data.x_train))
+    classes = getattr(getattr(model, "cfg", None), "num_classes", None)
+    if classes is not None and (int(data.y_train.min()) < 0 or int(data.y_train.max()) >= classes):
+        raise ValueError(f"labels must lie in [0, {classes}) for this model, got "
+                         f"[{int(data.y_train.min())}, {int(data.y_train.max())}]; set num_classes in the config.")
     device = next(model.parameters()).device
     opt = make_adamw(model, cfg.lr, cfg.weight_decay, decay="all")
     steps_per_epoch = math.ceil(len(data.y_train) / cfg.batch_size)

@@ -147,10 +147,127 @@ def test_unsupported_module_types_raise(call):
         call()
 
 
-def test_grouped_conv_and_stateless_bn_raise():
-    with pytest.raises(ValueError, match="groups=1"):
-        reparam.fuse_conv_bn(nn.Conv2d(4, 4, 3, groups=4), nn.BatchNorm2d(4).eval())
+def test_stateless_bn_and_mismatched_layers_raise():
     with pytest.raises(ValueError, match="track_running_stats"):
         reparam.fuse_conv_bn(nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4, track_running_stats=False))
     with pytest.raises(ValueError, match="expects"):
         reparam.merge_linears(nn.Linear(3, 4), nn.Linear(5, 3))
+    with pytest.raises(ValueError, match="normalises 6 channels but the conv's output has 4"):
+        reparam.fuse_conv_bn(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(6).eval())
+
+
+# ---- grouped and depthwise convolutions ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("groups", [2, 8])  # grouped, and depthwise (groups = channels)
+def test_fuse_grouped_and_depthwise_conv_bn_exact(groups):
+    conv = nn.Conv2d(8, 8, 3, padding=1, stride=2, groups=groups)
+    bn = trained_bn(nn.BatchNorm2d(8), (16, 8, 5, 5))
+    x = torch.randn(4, 8, 11, 11)
+    fused = reparam.fuse_conv_bn(conv, bn)
+    assert fused.groups == groups and fused.weight.shape == conv.weight.shape
+    assert rel_err(fused(x), bn(conv(x))) < RTOL
+
+
+def test_fuse_dilated_conv_bn_exact():
+    conv = nn.Conv2d(4, 6, 3, padding=2, dilation=2)
+    bn = trained_bn(nn.BatchNorm2d(6), (16, 6, 5, 5))
+    x = torch.randn(2, 4, 9, 9)
+    assert rel_err(reparam.fuse_conv_bn(conv, bn)(x), bn(conv(x))) < RTOL
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+def test_dense_weight_is_the_grouped_conv(groups):
+    conv = nn.Conv2d(6, 12, 3, padding=1, groups=groups)
+    dense = nn.Conv2d(6, 12, 3, padding=1)
+    with torch.no_grad():
+        dense.weight.copy_(reparam.dense_weight(conv))
+        dense.bias.copy_(conv.bias)
+    x = torch.randn(2, 6, 7, 7)
+    assert rel_err(dense(x), conv(x)) < RTOL
+    assert reparam.is_depthwise(nn.Conv2d(6, 6, 3, groups=6)) and not reparam.is_depthwise(conv)
+
+
+def test_merge_1x1_into_depthwise_kxk_exact():
+    """1×1 (C_in → C) then depthwise k×k: K[o, i] = D[o]·W₁[o, i], a dense k×k conv (padding on the 1×1)."""
+    conv1 = nn.Conv2d(4, 10, 1, padding=2)
+    dw = nn.Conv2d(10, 10, 5, padding=0, groups=10)
+    x = torch.randn(3, 4, 9, 9)
+    merged = reparam.merge_1x1_kxk(conv1, dw)
+    assert merged.groups == 1 and merged.weight.shape == (10, 4, 5, 5) and merged.padding == (2, 2)
+    assert rel_err(merged(x), dw(conv1(x))) < RTOL
+
+
+def test_merge_depthwise_1x1_into_depthwise_kxk_stays_depthwise():
+    conv1 = nn.Conv2d(6, 6, 1, padding=1, groups=6)  # a per-channel scale and shift
+    dw = nn.Conv2d(6, 6, 3, padding=0, stride=2, groups=6)
+    x = torch.randn(2, 6, 9, 9)
+    merged = reparam.merge_1x1_kxk(conv1, dw)
+    assert reparam.is_depthwise(merged) and merged.stride == (2, 2)
+    assert rel_err(merged(x), dw(conv1(x))) < RTOL
+
+
+def test_merge_1x1_into_padded_depthwise_kxk_is_refused_and_would_be_wrong():
+    conv1, dw = nn.Conv2d(4, 6, 1), nn.Conv2d(6, 6, 3, padding=1, groups=6)
+    with pytest.raises(ValueError, match="move the padding"):
+        reparam.merge_1x1_kxk(conv1, dw)
+    naive = nn.Conv2d(4, 6, 3, padding=1)  # the formula applied regardless of the padding
+    with torch.no_grad():
+        naive.weight.copy_(torch.einsum("omhw,mi->oihw", reparam.dense_weight(dw), conv1.weight[:, :, 0, 0]))
+        naive.bias.copy_(dw.bias + dw.weight.sum(dim=(1, 2, 3)) * conv1.bias)
+    x = torch.randn(2, 4, 8, 8)
+    assert rel_err(naive(x), dw(conv1(x))) > 1e-3
+
+
+@pytest.mark.parametrize("groups_k, groups_1", [(8, 1), (1, 1), (2, 2)])
+def test_merge_kxk_then_1x1_exact_for_any_padding_and_stride(groups_k, groups_1):
+    """ConvNeXt's order: depthwise (or any) k×k with its own padding and stride, then a 1×1."""
+    conv_k = nn.Conv2d(8, 8, 5, padding=2, stride=2, groups=groups_k)
+    conv_1 = nn.Conv2d(8, 12, 1, groups=groups_1)
+    x = torch.randn(2, 8, 11, 11)
+    merged = reparam.merge_kxk_1x1(conv_k, conv_1)
+    assert merged.weight.shape == (12, 8, 5, 5) and merged.padding == (2, 2) and merged.stride == (2, 2)
+    assert rel_err(merged(x), conv_1(conv_k(x))) < RTOL
+
+
+def test_merge_kxk_then_strided_1x1_multiplies_the_stride():
+    conv_k, conv_1 = nn.Conv2d(4, 6, 3, padding=1, stride=2), nn.Conv2d(6, 5, 1, stride=2)
+    x = torch.randn(2, 4, 13, 13)
+    merged = reparam.merge_kxk_1x1(conv_k, conv_1)
+    assert merged.stride == (4, 4)
+    assert rel_err(merged(x), conv_1(conv_k(x))) < RTOL
+
+
+def test_merge_kxk_then_padded_1x1_is_refused():
+    with pytest.raises(ValueError, match="without padding"):
+        reparam.merge_kxk_1x1(nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(6, 5, 1, padding=1))
+    with pytest.raises(ValueError, match="gives 6 channels but conv2 expects 7"):
+        reparam.merge_kxk_1x1(nn.Conv2d(4, 6, 3), nn.Conv2d(7, 5, 1))
+
+
+@pytest.mark.parametrize("groups", [2, 6])
+def test_identity_into_grouped_and_depthwise_conv_exact(groups):
+    conv = nn.Conv2d(6, 6, 3, padding=1, groups=groups)
+    x = torch.randn(2, 6, 7, 7)
+    merged = reparam.add_identity_conv(conv)
+    assert merged.groups == groups
+    assert rel_err(merged(x), x + conv(x)) < RTOL
+
+
+def test_depthwise_branches_add_exactly_and_mismatched_groups_are_refused():
+    """A depthwise RepVGG-style block: dw 3×3 + dw 1×1 + identity, all per channel, one dw 3×3."""
+    c3, c1 = nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.Conv2d(6, 6, 1, groups=6)
+    x = torch.randn(2, 6, 8, 8)
+    merged = reparam.add_identity_conv(reparam.add_branches(c3, c1))
+    assert reparam.is_depthwise(merged)
+    assert rel_err(merged(x), c3(x) + c1(x) + x) < RTOL
+    with pytest.raises(ValueError, match="same channels, groups and stride"):
+        reparam.add_branches(c3, nn.Conv2d(6, 6, 1))
+
+
+def test_inexact_conv_options_are_refused():
+    with pytest.raises(ValueError, match="padding_mode='zeros'"):
+        reparam.fuse_conv_bn(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.BatchNorm2d(4).eval())
+    with pytest.raises(ValueError, match="dilation"):
+        reparam.merge_1x1_kxk(nn.Conv2d(4, 4, 1, padding=2), nn.Conv2d(4, 4, 3, dilation=2))
+    with pytest.raises(ValueError, match="padding as numbers"):
+        reparam.add_identity_conv(nn.Conv2d(4, 4, 3, padding="same"))

@@ -20,6 +20,7 @@ from notebook_utils import load_script
 RTOL = 1e-5
 SMALL_CNN = ResCNNConfig(channels=8, expand=16, depth=4)
 SMALL_VIT = ViTConfig(dim=16, heads=2, depth=3)
+BOTTLENECK_CNN = ResCNNConfig(channels=8, expand=16, depth=4, block="bottleneck")
 
 
 def rel_err(a, b):
@@ -63,7 +64,7 @@ def test_token_batchnorm_matches_batchnorm1d_on_flat_tokens():
         bn(torch.randn(4, 6))
 
 
-@pytest.mark.parametrize("make, cfg", [(ResCNN, SMALL_CNN), (TinyViT, SMALL_VIT)])
+@pytest.mark.parametrize("make, cfg", [(ResCNN, SMALL_CNN), (ResCNN, BOTTLENECK_CNN), (TinyViT, SMALL_VIT)])
 def test_merged_model_equals_unmerged_subnet(make, cfg):
     model = make(cfg)
     mask = tuple(i % 2 == 0 for i in range(cfg.depth))
@@ -77,14 +78,34 @@ def test_merged_model_equals_unmerged_subnet(make, cfg):
     assert after["weight"] < before["weight"] and after["total"] < before["total"]
 
 
-def test_conv_block_merges_to_single_conv_and_act():
-    model = ResCNN(SMALL_CNN)
-    model.set_subnet((True,) * SMALL_CNN.depth)
+@pytest.mark.parametrize("cfg", [SMALL_CNN, BOTTLENECK_CNN, ResCNNConfig(channels=8, expand=32, depth=2, kernel=5)])
+def test_conv_block_merges_to_single_conv_and_act(cfg):
+    model = ResCNN(cfg)
+    model.set_subnet((True,) * cfg.depth)
     model.set_lambda(1.0)
     random_bn_stats(model, torch.randn(16, 1, 8, 8))
     block = model.merged().blocks[0]
+    k = cfg.kernel
     assert [type(m).__name__ for m in block] == ["Conv2d", "GELU"]
-    assert block[0].kernel_size == (3, 3) and block[0].padding == (1, 1)
+    assert block[0].kernel_size == (k, k) and block[0].padding == (k // 2, k // 2) and block[0].groups == 1
+
+
+def test_convnext_block_is_depthwise_then_pointwise():
+    """The paper's main shape: dw k×k → LN (over channels) → 1×1 expansion → GELU → 1×1 projection, + x."""
+    from minillm.prune import ChannelLayerNorm, PrunableConvNeXtBlock
+    block = PrunableConvNeXtBlock(8, 32, kernel=7).eval()
+    assert block.dw.groups == 8 and block.dw.kernel_size == (7, 7) and block.dw.padding == (3, 3)
+    assert (block.pw1.in_channels, block.pw1.out_channels, block.pw2.out_channels) == (8, 32, 8)
+    x = torch.randn(2, 8, 9, 9)
+    h = block.norm(block.dw(x))
+    ref = torch.nn.functional.layer_norm(block.dw(x).permute(0, 2, 3, 1), (8,), block.norm.weight,
+                                         block.norm.bias).permute(0, 3, 1, 2)
+    assert isinstance(block.norm, ChannelLayerNorm) and rel_err(h, ref) < 1e-6
+    with torch.no_grad():
+        expected = x + block.pw2(torch.nn.functional.gelu(block.pw1(ref)))
+        assert rel_err(block(x), expected) < 1e-6
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        block.norm(torch.randn(2, 8))
 
 
 def test_merge_refuses_unfinished_or_training_blocks():
@@ -230,16 +251,6 @@ def test_run_updp_pipeline_on_synthetic_data():
     assert describe_mask((True, False)) == "P F"
     with pytest.raises(ValueError, match="prune"):
         run_updp(TinyViT(SMALL_VIT), _tiny_data(), cfg, pruned_blocks=0)
-
-
-def test_latency_benchmark_masks():
-    bench = load_script("benchmarks/ch06_updp_latency.py")
-    assert bench.spread_mask(6, 3) == (True, False, True, False, False, True)
-    for n, k in [(6, 3), (8, 4), (4, 2), (5, 1)]:
-        assert sum(bench.spread_mask(n, k)) == k
-    row = bench.measure(ResCNN, SMALL_CNN, 2, 8, 8, torch.device("cpu"), repeats=2)
-    assert row["merge_rel_err"] < RTOL
-    assert row["models"]["merged"]["layers"]["weight"] < row["models"]["baseline"]["layers"]["weight"]
 
 
 @pytest.mark.parametrize("make, cfg", [(ResCNN, "CNN_FULL"), (TinyViT, "VIT_FULL")])
