@@ -1,14 +1,18 @@
-"""Benchmark: Triton low-bit matmul vs torch fp16 on a GPU, as achieved memory bandwidth.
+"""Benchmark: Triton low-bit matmul against fp16 torch.matmul on a GPU, as a share of the copy bandwidth.
 
-For each weight shape (K, N) in 4096x4096, 4096x11008, 11008x4096 and M in (1, 16) rows of
-activations it times ``x @ W`` in fp16 (cuBLAS) and ``quant_matmul`` on 4-bit and 2-bit packed
-weights (group size 128, act-order ``g_idx``), and reports
+For weight shapes (K, N) = 4096x11008 (first: the headline), 4096x4096 and 11008x4096, M = 1 (decode) and 16
+rows of activations, it times fp16 ``x @ W`` (both weight layouts, the faster counts) and ``quant_matmul`` on
+4-, 3- and 2-bit packed weights (group size 128, act-order ``g_idx``, regrouped at load time), trying every
+launch configuration of ``GEMV_CONFIGS`` (M = 1) or ``GEMM_CONFIGS`` (M > 1) and recording each one's time:
 
-    bandwidth = bytes read and written / seconds,   fraction of peak = bandwidth / copy bandwidth,
+    bandwidth = bytes the call must move / seconds,   fraction_of_peak = bandwidth / measured copy bandwidth,
 
-where the peak is measured with a large device-to-device copy. Each call reads a different copy of
-the weight (together larger than the L2 cache), so small packed weights cannot sit in cache.
-Writes benchmarks/results/quant_matmul-<profile>-cuda.json. Run:
+where the copy bandwidth comes from a 1 GiB device-to-device copy (read + write). Calls are timed inside a CUDA
+graph (what a decoder would replay), cycling through copies of the weight that together exceed 3x the L2 cache,
+so a small packed weight cannot sit in cache; the best configuration is also timed without the graph
+(``eager_seconds``) and, at 4 bits, on a layer without act-order (``natural_order_seconds``). Each output is
+checked against dequantize-then-matmul before it is timed. The file is rewritten after every row, so a run cut
+short keeps what it measured. Writes benchmarks/results/ch05_quant_matmul_gpu-<profile>-cuda.json. Run:
 
     python benchmarks/ch05_quant_matmul_gpu.py              # needs a CUDA GPU
     python benchmarks/ch05_quant_matmul_gpu.py --dry-run    # CPU: Triton interpreter, small shapes, checks only
@@ -20,6 +24,8 @@ import argparse
 import math
 import os
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 if "--dry-run" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
@@ -27,155 +33,232 @@ if "--dry-run" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
 
 import torch
 
-from minillm.core.bench import results_path, time_call, write_results
+from minillm.core.bench import results_path, write_results
 from minillm.core.profile import current_profile
-from minillm.quant.packing import PackedWeight, codes_per_word, pack_cols, pack_rows
+from minillm.quant.packing import PackedWeight, pack_cols, pack_rows
 
 NAME = "ch05_quant_matmul_gpu"
-COMMAND = f"python benchmarks/{NAME}.py"
-SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K, N) = (in, out)
-DRY_SHAPES = [(256, 512), (512, 256)]
+SHAPES = [(4096, 11008), (4096, 4096), (11008, 4096)]  # (K, N) = (in, out); the first is the headline
+DRY_SHAPES = [(256, 384)]  # K = 2 groups, N = 3 column tiles
 ROWS = (1, 16)
+BITS = (4, 3, 2)
 GROUPSIZE = 128
-#: (block_n, block_k, split_k, num_warps) tried per shape on a GPU; the fastest is reported (a manual sweep:
-#: Triton's autotuner with several configs does not run in the interpreter).
-GPU_CONFIGS = [(64, 128, 1, 4), (128, 128, 1, 4), (64, 256, 1, 4), (128, 64, 4, 4), (64, 128, 4, 4), (32, 256, 8, 4),
-               (64, 256, 4, 8), (128, 128, 2, 8)]
-DRY_CONFIGS = [(128, 128, 1, 4), (128, 128, 2, 4)]
+GOAL = {"K": 4096, "N": 11008, "M": 1, "bits": 4, "speedup_vs_fp16": 2.5, "fraction_of_peak": 0.70}
 
 
-def random_packed(K: int, N: int, bits: int, device, dtype=torch.float16, generator=None) -> PackedWeight:
-    """Random codes, scales and zero points with act-order groups (a permuted ``g_idx``)."""
+def random_packed(K: int, N: int, bits: int, device, dtype=torch.float16, generator=None,
+                  act_order: bool = True) -> PackedWeight:
+    """Random codes, scales and zero points; with act-order groups (a permuted ``g_idx``) by default."""
     maxq = 2**bits - 1
     G = K // GROUPSIZE
     codes = torch.randint(0, maxq + 1, (K, N), generator=generator)
     zeros = torch.randint(0, maxq + 1, (G, N), generator=generator)
     scales = (torch.rand(G, N, generator=generator) * 0.01 + 0.001).to(dtype)
-    g_idx = (torch.randperm(K, generator=generator) // GROUPSIZE).to(torch.int32)
+    rows = torch.randperm(K, generator=generator) if act_order else torch.arange(K)
+    g_idx = (rows // GROUPSIZE).to(torch.int32)
     return PackedWeight(pack_rows(codes, bits), scales, pack_cols(zeros, bits), g_idx, bits).to(device)
 
 
-def gpu_seconds(fn, iters: int = 200, warmup: int = 20) -> float:
-    """Mean seconds per call from CUDA events around ``iters`` back-to-back calls."""
-    for _ in range(warmup):
-        fn()
+def graph_seconds(calls: list, replays: int = 10) -> float:
+    """Seconds per call when ``calls`` are captured once in a CUDA graph and the graph is replayed."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compilation, allocations) outside the capture
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / (replays * len(calls))
+
+
+def eager_seconds(calls: list, rounds: int = 5) -> float:
+    """Seconds per call launched one by one from Python (launch overhead included)."""
+    for call in calls:
+        call()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     start.record()
-    for _ in range(iters):
-        fn()
+    for _ in range(rounds):
+        for call in calls:
+            call()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / iters
+    return start.elapsed_time(end) / 1e3 / (rounds * len(calls))
 
 
-def peak_copy_bandwidth(device, gib: float = 1.0) -> float:
-    """Bytes/s of a large device-to-device copy (read + write) — the practical peak."""
+def copy_bandwidth(device, gib: float = 1.0) -> float:
+    """Bytes/s of a large device-to-device copy (read + write): the practical peak for a streaming kernel."""
     n = int(gib * 2**30) // 4
     src, dst = torch.empty(n, device=device), torch.empty(n, device=device)
-    seconds = gpu_seconds(lambda: dst.copy_(src), iters=20, warmup=3)
-    return 2 * n * 4 / seconds
+    return 2 * n * 4 / eager_seconds([lambda: dst.copy_(src)] * 4)
 
 
-def _rotating(make, nbytes: int, min_total: int):
-    """Copies (at distinct addresses) whose total exceeds ``min_total`` bytes, and a function cycling through them."""
-    copies = [make(i) for i in range(max(1, math.ceil(min_total / nbytes)))]
-    state = {"i": 0}
-
-    def next_copy():
-        state["i"] = (state["i"] + 1) % len(copies)
-        return copies[state["i"]]
-
-    return copies[0], next_copy
+def cpu_seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
-def bench_shape(K: int, N: int, M: int, device, dry: bool, l2_defeat_bytes: int) -> dict:
-    from minillm.quant.triton_matmul import quant_matmul
+def _copies(make, nbytes: int, min_total: int) -> list:
+    return [make() for _ in range(max(1, math.ceil(min_total / max(nbytes, 1))))]
 
-    dtype = torch.float32 if dry else torch.float16
+
+def _calls(fn, copies: list, count: int) -> list:
+    return [(lambda c=copies[i % len(copies)]: fn(c)) for i in range(count)]
+
+
+def _error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((y.float() - ref).abs().max() / ref.abs().max()).item()
+
+
+def bench_row(K: int, N: int, M: int, device, dry: bool, l2_bytes: int, bits_list=BITS) -> dict:
+    from minillm.quant import triton_matmul as tm
+
+    dtype = torch.float32 if dry else torch.float16  # the interpreter has no fast fp16 matmul
     g = torch.Generator().manual_seed(K * 7 + N + M)
     x = torch.randn(M, K, generator=g).to(device, dtype)
-    row = {"K": K, "N": N, "M": M}
-    w_bytes = K * N * 2
-    w = (torch.randn(K, N, generator=g) * 0.02).to(device, torch.float16)
-    w0, next_w = _rotating(lambda i: w.clone(), w_bytes, 0 if dry else l2_defeat_bytes)
     io_bytes = (M * K + M * N) * x.element_size()
-    if dry:
-        fp16 = time_call(lambda: x @ w0.float(), device, warmup=1, repeats=2)["median_s"]
-    else:
-        fp16 = gpu_seconds(lambda: x @ next_w())
-    row["fp16"] = {"seconds": fp16, "bytes": w_bytes + io_bytes, "bandwidth": (w_bytes + io_bytes) / fp16}
-    for bits in (4, 2):
-        p0 = random_packed(K, N, bits, device, dtype, g)
-        reference = x @ p0.dequantize().to(dtype)
-        q_bytes = p0.nbytes() + io_bytes
-        _, next_p = _rotating(lambda i: PackedWeight(p0.qweight.clone(), p0.scales.clone(), p0.qzeros.clone(),
-                                                     p0.g_idx.clone(), bits), q_bytes, 0 if dry else l2_defeat_bytes)
-        best = None
-        for bn, bk, sk, nw in (DRY_CONFIGS if dry else GPU_CONFIGS):
-            y = quant_matmul(x, p0, block_n=bn, block_k=bk, split_k=sk, num_warps=nw)
-            tol = 1e-5 if dry else 2e-2  # fp32 interpreter vs fp16 tensor cores
-            err = ((y.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+    row = {"K": K, "N": N, "M": M}
+    w = (torch.randn(K, N, generator=g) * 0.02).to(device, dtype)
+    fp16 = {}
+    for layout, weight, fn in (("x @ W (K, N)", w, lambda c: x @ c), ("F.linear (N, K)", w.T.contiguous(),
+                                                                        lambda c: torch.nn.functional.linear(x, c))):
+        if dry:
+            fp16[layout] = cpu_seconds(lambda: fn(weight))
+        else:
+            fp16[layout] = graph_seconds(_calls(fn, _copies(weight.clone, K * N * 2, 3 * l2_bytes), 16))
+    best_fp16 = min(fp16.values())
+    row["fp16"] = {"seconds": best_fp16, "layouts": fp16, "bytes": K * N * x.element_size() + io_bytes}
+    row["fp16"]["bandwidth"] = row["fp16"]["bytes"] / best_fp16
+    configs = (tm.GEMV_CONFIGS if M == 1 else tm.GEMM_CONFIGS)[: 2 if dry else None]
+    for bits in bits_list:
+        kw = random_packed(K, N, bits, device, dtype if not dry else torch.float32, g).for_kernel()
+        tol = 1e-5 if dry else 1e-2  # fp32 interpreter; fp16 inputs and outputs (and tensor cores) on a GPU
+        copies = _copies(lambda: _clone(kw), kw.nbytes(), 0 if dry else 3 * l2_bytes)
+        tried = []
+        for cfg in configs:
+            t, err = _time_config(tm, x, kw, cfg, copies, dry)
             if err > tol:
-                raise AssertionError(f"{bits}-bit kernel differs from dequantize-then-matmul by {err:.2e} at "
-                                     f"K={K} N={N} M={M} config={(bn, bk, sk, nw)}")
-            if dry:
-                t = time_call(lambda: quant_matmul(x, p0, bn, bk, sk, None, nw), device, warmup=0, repeats=1)["median_s"]
-            else:
-                t = gpu_seconds(lambda: quant_matmul(x, next_p(), bn, bk, sk, None, nw))
-            if best is None or t < best["seconds"]:
-                best = {"seconds": t, "config": {"block_n": bn, "block_k": bk, "split_k": sk, "num_warps": nw},
-                        "max_rel_error": err}
-        best.update(bytes=q_bytes, bandwidth=q_bytes / best["seconds"], speedup_vs_fp16=fp16 / best["seconds"])
-        row[f"int{bits}"] = best
+                raise AssertionError(f"{bits}-bit kernel differs from dequantize-then-matmul by {err:.2e} at K={K} "
+                                     f"N={N} M={M} with {cfg}")
+            tried.append({"config": asdict(cfg), "seconds": t, "max_rel_error": err})
+        best = min(tried, key=lambda r: r["seconds"])
+        moved = kw.nbytes() + io_bytes  # the least a call must move: weight, grid, row_index, x and y, once each
+        result = {"seconds": best["seconds"], "config": best["config"], "max_rel_error": best["max_rel_error"],
+                  "bytes": moved, "bandwidth": moved / best["seconds"], "speedup_vs_fp16": best_fp16 / best["seconds"],
+                  "configs": tried}
+        best_cfg = tm.KernelConfig(**best["config"])
+        if not dry:
+            result["eager_seconds"] = eager_seconds(_calls(lambda c: tm.quant_matmul(x, c, config=best_cfg), copies, 16))
+        if bits == 4:
+            natural = random_packed(K, N, bits, device, dtype if not dry else torch.float32, g, act_order=False)
+            nat = natural.for_kernel()
+            nat_copies = _copies(lambda: _clone(nat), nat.nbytes(), 0 if dry else 3 * l2_bytes)
+            result["natural_order_seconds"] = _time_config(tm, x, nat, best_cfg, nat_copies, dry)[0]
+        row[f"int{bits}"] = result
     return row
 
 
-def run(dry: bool = False) -> dict:
+def _clone(kw):
+    from minillm.quant.kernel_layout import KernelWeight
+
+    idx = kw.row_index.clone() if kw.row_index is not None else None
+    return KernelWeight(kw.qweight.clone(), kw.scales.clone(), kw.zeros.clone(), idx, kw.bits, kw.group_rows,
+                        kw.in_features)
+
+
+def _time_config(tm, x, kw, cfg, copies, dry) -> tuple[float, float]:
+    """(seconds per call, max relative error against dequantize-then-matmul) of one launch configuration."""
+    ref = x.float() @ kw.dequantize().float()
+    if dry:  # the interpreter: the checking call is the timed one
+        start = time.perf_counter()
+        y = tm.quant_matmul(x, kw, config=cfg)
+        return time.perf_counter() - start, _error(y, ref)
+    err = _error(tm.quant_matmul(x, kw, config=cfg), ref)
+    return graph_seconds(_calls(lambda c: tm.quant_matmul(x, c, config=cfg), copies, 32)), err
+
+
+def device_facts(device) -> dict:
+    import triton
+
+    facts = {"torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        facts.update(name=p.name, sms=p.multi_processor_count, memory_gib=round(p.total_memory / 2**30, 1),
+                     l2_bytes=getattr(p, "L2_cache_size", None), capability=f"{p.major}.{p.minor}")
+    return facts
+
+
+def run(dry: bool = False, out: Path | None = None, shapes=None, bits_list=BITS) -> dict:
     if dry:
         device = torch.device("cpu")
     else:
         if not torch.cuda.is_available():
-            raise SystemExit("quant_matmul_gpu.py measures GPU memory bandwidth and needs a CUDA GPU with Triton; "
-                             "this machine has none. Run it on a GPU machine, or check it here with --dry-run "
-                             "(Triton interpreter, small shapes, no meaningful timings).")
+            raise SystemExit(f"{NAME}.py measures GPU memory bandwidth and needs a CUDA GPU with Triton; this machine "
+                             "has none. Run it on a GPU machine, or check it here with --dry-run (Triton interpreter, "
+                             "small shapes, no meaningful timings).")
         device = torch.device("cuda")
-    peak = None if dry else peak_copy_bandwidth(device)
-    l2 = 2**30  # 1 GiB of weight copies per call site: far beyond any L2 cache
-    rows = [bench_shape(K, N, M, device, dry, l2) for K, N in (DRY_SHAPES if dry else SHAPES) for M in ROWS]
-    if peak:
-        for row in rows:
-            for kind in ("fp16", "int4", "int2"):
-                row[kind]["fraction_of_peak"] = row[kind]["bandwidth"] / peak
-    results = {"benchmark": "quant_matmul_gpu", "profile": current_profile().name, "dry_run": dry,
-               "groupsize": GROUPSIZE, "peak_copy_bandwidth": peak, "rows": rows}
-    if not dry:
-        target = next(r for r in rows if (r["K"], r["N"], r["M"]) == (4096, 11008, 1))
-        results["bar"] = {"int4_speedup_at_4096x11008_M1": target["int4"]["speedup_vs_fp16"], "required": 2.5,
-                          "met": target["int4"]["speedup_vs_fp16"] >= 2.5}
+    facts = device_facts(device)
+    peak = None if dry else copy_bandwidth(device)
+    l2 = facts.get("l2_bytes") or 64 * 2**20
+    results = {"benchmark": NAME, "profile": current_profile().name, "dry_run": dry, "groupsize": GROUPSIZE,
+               "device_facts": facts, "peak_copy_bandwidth": peak, "goal": GOAL, "rows": []}
+    path = out or results_path(NAME + ("-dryrun" if dry else ""), results["profile"], device)
+    for K, N in shapes or (DRY_SHAPES if dry else SHAPES):
+        for M in ROWS:
+            row = bench_row(K, N, M, device, dry, l2, bits_list)
+            for kind in ["fp16"] + [f"int{b}" for b in bits_list]:
+                row[kind]["fraction_of_peak"] = row[kind]["bandwidth"] / peak if peak else None
+            results["rows"].append(row)
+            if not dry and (K, N, M) == (GOAL["K"], GOAL["N"], GOAL["M"]):
+                r = row[f"int{GOAL['bits']}"]
+                results["goal_result"] = {"speedup_vs_fp16": r["speedup_vs_fp16"], "fraction_of_peak": r["fraction_of_peak"],
+                                          "reached": bool(r["speedup_vs_fp16"] >= GOAL["speedup_vs_fp16"]
+                                                          and r["fraction_of_peak"] >= GOAL["fraction_of_peak"])}
+            write_results(path, results, device)  # after every row: a run cut short keeps what it measured
+            print(_describe(row, bits_list, dry), flush=True)
+    results["path"] = str(path)
     return results
+
+
+def _describe(r: dict, bits_list, dry: bool) -> str:
+    text = f"K={r['K']:>5} N={r['N']:>5} M={r['M']:>2}"
+    if dry:  # interpreter timings mean nothing
+        return text + "  " + "  ".join(f"int{b} max rel. error {r[f'int{b}']['max_rel_error']:.1e}" for b in bits_list)
+    text += f"  fp16 {r['fp16']['seconds'] * 1e6:8.1f} us"
+    for b in bits_list:
+        q = r[f"int{b}"]
+        text += (f"  int{b} {q['seconds'] * 1e6:7.1f} us (x{q['speedup_vs_fp16']:.2f}, "
+                 f"{q['fraction_of_peak']:.0%} of copy)")
+    return text
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="CPU check in the Triton interpreter at small shapes")
     parser.add_argument("--out", type=Path, default=None, help="result file (default: benchmarks/results/...)")
+    parser.add_argument("--bits", type=int, nargs="*", default=list(BITS), help="code widths to measure")
     args = parser.parse_args(argv)
     if args.dry_run and os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("--dry-run needs TRITON_INTERPRET=1 before the kernel module is imported; "
                          "run it as a script or set the variable first")
-    results = run(dry=args.dry_run)
-    device = "cpu" if args.dry_run else "cuda"
-    path = args.out or results_path(NAME + ("-dryrun" if args.dry_run else ""), results["profile"], device)
-    write_results(path, results, device)
-    for r in results["rows"]:
-        print(f"K={r['K']:>5} N={r['N']:>5} M={r['M']:>2}  fp16 {r['fp16']['seconds'] * 1e6:9.1f} us  "
-              f"int4 {r['int4']['seconds'] * 1e6:9.1f} us (x{r['int4']['speedup_vs_fp16']:.2f})  "
-              f"int2 {r['int2']['seconds'] * 1e6:9.1f} us (x{r['int2']['speedup_vs_fp16']:.2f})")
+    results = run(dry=args.dry_run, out=args.out, bits_list=tuple(args.bits))
     if results.get("peak_copy_bandwidth"):
-        print(f"peak copy bandwidth {results['peak_copy_bandwidth'] / 1e9:.0f} GB/s; bar: {results['bar']}")
-    print(f"wrote {path}")
-    return path
+        print(f"copy bandwidth {results['peak_copy_bandwidth'] / 1e9:.0f} GB/s; goal at 4096x11008, M=1, 4 bits: "
+              f"{results.get('goal_result')}")
+    print(f"wrote {results['path']}")
+    return Path(results["path"])
 
 
 if __name__ == "__main__":
