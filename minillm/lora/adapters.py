@@ -39,7 +39,11 @@ def adapter_state_dict(model: nn.Module, adapter_name: str) -> dict[str, torch.T
 
 def save_adapter(model: nn.Module, path: str | Path, adapter_name: str = "default") -> Path:
     """Write one adapter (safetensors; its LoRAConfig and name in the header). The base weights are not saved."""
-    config = model.lora_configs[adapter_name]
+    configs = getattr(model, "lora_configs", {})
+    if adapter_name not in configs:
+        raise KeyError(f"the model has no adapter {adapter_name!r} to save (it has {list(configs)}); "
+                       f"inject_lora(model, config, {adapter_name!r}) and train it first")
+    config = configs[adapter_name]
     meta = {"lora_config": json.dumps(asdict(config)), "adapter_name": adapter_name}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,15 +5,19 @@ For a frozen linear layer :math:`W_0 \in \mathbb{R}^{d_{out} \times d_{in}}`, Lo
 
 .. math::
 
-    h = W_0 x + \frac{\alpha}{r}\, B A\, \mathrm{dropout}(x), \qquad \Delta W = \frac{\alpha}{r} B A
+    h = W_0 x + s\, B A\, \mathrm{dropout}(x), \qquad \Delta W = s\, B A, \qquad s = \alpha / r
+    \ \ (\text{or } \alpha/\sqrt r)
 
 :math:`A` starts Kaiming-uniform (:math:`a=\sqrt5`) and :math:`B` starts at zero, so :math:`\Delta W = 0` and
-the adapted model starts *exactly* at the pretrained one. For an embedding table the roles swap
-(:math:`A = 0`, :math:`B \sim \mathcal{N}(0, 1)`). Merging folds :math:`\Delta W` into :math:`W_0` (no extra
-cost at inference); unmerging subtracts it again. Several named adapters can live on one layer; one is active.
+the adapted model starts *exactly* at the pretrained one. Merging folds :math:`\Delta W` into :math:`W_0` (no extra
+cost at inference); ``merge(safe_merge=True)`` computes the merged weight in a copy first and refuses NaN or inf;
+unmerging subtracts it again. Several named adapters can live on one layer: one is active, or — for batched
+serving — each row of a batch names its own (:mod:`minillm.lora.mixed_batch`).
 
-Parameter names follow the common convention (``base_layer``, ``lora_A.<adapter>.weight``,
-``lora_embedding_A.<adapter>``), so weights can be exchanged with the ``peft`` library one-to-one.
+:class:`LoRALinear` wraps ``nn.Linear`` and ``transformers``' ``Conv1D`` (GPT-2's linear layer, which stores its
+weight transposed, :math:`(d_{in}, d_{out})`: the update is transposed when merged, as ``peft``'s
+``fan_in_fan_out``). Parameter names follow the common convention (``base_layer``, ``lora_A.<adapter>.weight``),
+so weights can be exchanged with the ``peft`` library one-to-one.
 
 Defined in chapter 3.
 """
@@ -21,17 +25,35 @@ Defined in chapter 3.
 from __future__ import annotations
 
 import math
-import torch
-import torch.nn.functional as F
-from torch import nn
 
+import torch
+from torch import nn
 
 from minillm.lora.config import LoRAConfig
 
+#: The name a row of a mixed batch gives to run the base model without any adapter (as ``peft`` spells it).
+BASE_ROW = "__base__"
+
+
+def conv1d_class() -> type | None:
+    """``transformers.pytorch_utils.Conv1D`` (GPT-2's transposed linear layer), or None without ``transformers``."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is a course dependency
+        return None
+    return Conv1D
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """``nn.Linear`` or ``Conv1D``: the layers ``"all-linear"`` adapts."""
+    conv1d = conv1d_class()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
 
 class LoRALayer(nn.Module):
-    """Adapter bookkeeping shared by :class:`LoRALinear` and :class:`LoRAEmbedding`: named adapters, the active
-    one, a disable switch and which adapters are merged into the base weight."""
+    """Adapter bookkeeping shared by :class:`LoRALinear` and :class:`~minillm.lora.embedding.LoRAEmbedding`:
+    named adapters, the active one, a disable switch, which adapters are merged into the base weight, and the
+    per-row adapter names of a mixed batch."""
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
@@ -40,6 +62,7 @@ class LoRALayer(nn.Module):
         self.active_adapter: str | None = None
         self.disabled = False
         self.merged_adapters: list[str] = []
+        self.row_adapters: list[str] | None = None  # set by minillm.lora.mixed_batch.adapter_per_row
 
     @property
     def adapter_names(self) -> list[str]:
@@ -59,15 +82,34 @@ class LoRALayer(nn.Module):
         self.active_adapter = name
 
     def delta_weight(self, name: str) -> torch.Tensor:
+        """The update in the base weight's own layout."""
         raise NotImplementedError  # each subclass knows the shape of its own update
 
+    def merged_weight(self, name: str | None = None) -> torch.Tensor:
+        """``W0 + ΔW`` for adapter ``name`` (default: the active one), as a new tensor: the base is not touched."""
+        name = name or self.active_adapter
+        weight = self.base_layer.weight
+        return weight.detach() + self.delta_weight(name).detach().to(weight.dtype)
+
     @torch.no_grad()
-    def merge(self) -> None:
-        """W0 <- W0 + ΔW for the active adapter: the layer then costs exactly what the base layer costs."""
+    def merge(self, safe_merge: bool = False) -> None:
+        """W0 <- W0 + ΔW for the active adapter: the layer then costs exactly what the base layer costs.
+
+        ``safe_merge=True`` computes the merged weight in a copy and raises ``ValueError`` (leaving W0 as it was)
+        when it holds NaN or inf, the sign of an adapter that diverged in training.
+        """
         name = self.active_adapter
         if name is None or name in self.merged_adapters:
             return
-        self.base_layer.weight += self.delta_weight(name).to(self.base_layer.weight.dtype)
+        if safe_merge:
+            merged = self.merged_weight(name)
+            if not torch.isfinite(merged).all():
+                raise ValueError(f"merging adapter {name!r} would put NaN or inf into the base weight (the adapter "
+                                 f"diverged in training); the weight is unchanged: retrain it at a lower learning "
+                                 f"rate, or load an earlier adapter file")
+            self.base_layer.weight.copy_(merged)
+        else:
+            self.base_layer.weight += self.delta_weight(name).to(self.base_layer.weight.dtype)
         self.merged_adapters.append(name)
 
     @torch.no_grad()
@@ -82,16 +124,33 @@ class LoRALayer(nn.Module):
             self.unmerge()  # the base model must see W0 alone
         return not self.disabled and not self.merged and self.active_adapter is not None
 
+    def _row_groups(self, batch: int) -> dict[str, torch.Tensor]:
+        """Row indices per adapter name of a mixed batch (names this layer lacks, and BASE_ROW, get no update)."""
+        rows = self.row_adapters
+        if len(rows) != batch:
+            raise ValueError(f"the mixed batch names {len(rows)} adapters but the batch has {batch} rows; "
+                             f"give one adapter name per row")
+        if self.merged:
+            raise RuntimeError(f"adapter(s) {self.merged_adapters} are merged into the base weight, so rows cannot "
+                               f"choose adapters; call unmerge_lora(model) before a mixed batch")
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(rows):
+            if name != BASE_ROW and name in self.scaling:
+                groups.setdefault(name, []).append(i)
+        return {name: torch.tensor(idx) for name, idx in groups.items()}
+
 
 class LoRALinear(LoRALayer):
-    """``nn.Linear`` plus low-rank adapters: ``y = base(x) + (alpha/r) · B(A(dropout(x)))``."""
+    """``nn.Linear`` (or ``Conv1D``) plus low-rank adapters: ``y = base(x) + s · B(A(dropout(x)))``."""
 
-    def __init__(self, base_layer: nn.Linear):
-        if not isinstance(base_layer, nn.Linear):
-            raise TypeError(f"LoRALinear wraps nn.Linear, got {type(base_layer).__name__}; "
+    def __init__(self, base_layer: nn.Module):
+        if not is_linear_like(base_layer):
+            raise TypeError(f"LoRALinear wraps nn.Linear or transformers' Conv1D, got {type(base_layer).__name__}; "
                             f"use LoRAEmbedding for nn.Embedding")
         super().__init__(base_layer)
-        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.fan_in_fan_out = not isinstance(base_layer, nn.Linear)  # Conv1D stores W as (d_in, d_out)
+        w = base_layer.weight
+        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
@@ -99,6 +158,8 @@ class LoRALinear(LoRALayer):
     def add_adapter(self, name: str, config: LoRAConfig) -> None:
         if name in self.scaling:
             raise ValueError(f"adapter {name!r} already exists on this layer; pick another name")
+        if name == BASE_ROW:
+            raise ValueError(f"{BASE_ROW!r} is reserved for rows of a mixed batch that use no adapter; pick another name")
         w = self.base_layer.weight
         self.lora_A[name] = nn.Linear(self.in_features, config.r, bias=False, device=w.device, dtype=w.dtype)
         self.lora_B[name] = nn.Linear(config.r, self.out_features, bias=False, device=w.device, dtype=w.dtype)
@@ -110,91 +171,29 @@ class LoRALinear(LoRALayer):
             self.active_adapter = name
 
     def delta_weight(self, name: str) -> torch.Tensor:
-        return (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]  # (out, in)
+        delta = (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]  # (out, in)
+        return delta.T if self.fan_in_fan_out else delta
+
+    def _update(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.lora_A[name].weight.dtype)
+        return self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x))) * self.scaling[name]  # (..., out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"LoRALinear expects inputs with last dimension {self.in_features}, "
                              f"got shape {tuple(x.shape)}")
+        if self.row_adapters is not None and not self.disabled:
+            groups = self._row_groups(x.shape[0])
+            result = self.base_layer(x)  # (B, ..., out)
+            for name, idx in groups.items():  # each row's own adapter, on its rows only
+                result[idx] = result[idx] + self._update(name, x[idx]).to(result.dtype)
+            return result
         use_adapter = self._use_adapter()  # first: it may unmerge, changing the base weight
         result = self.base_layer(x)  # (..., out)
         if not use_adapter:
             return result
-        name = self.active_adapter
-        x = x.to(self.lora_A[name].weight.dtype)
-        update = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](x)))  # (..., r) -> (..., out)
-        return result + (update * self.scaling[name]).to(result.dtype)
+        return result + self._update(self.active_adapter, x).to(result.dtype)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, adapters={self.adapter_names}"
-
-
-class LoRAEmbedding(LoRALayer):
-    """``nn.Embedding`` plus low-rank adapters. A row lookup in ``Aᵀ`` (r values per token) then ``B``:
-    ``ΔE = (alpha/r) (B A)ᵀ`` of shape (num_embeddings, embedding_dim). No dropout: the input is an index."""
-
-    def __init__(self, base_layer: nn.Embedding):
-        if not isinstance(base_layer, nn.Embedding):
-            raise TypeError(f"LoRAEmbedding wraps nn.Embedding, got {type(base_layer).__name__}")
-        super().__init__(base_layer)
-        self.lora_embedding_A = nn.ParameterDict()
-        self.lora_embedding_B = nn.ParameterDict()
-
-    def add_adapter(self, name: str, config: LoRAConfig) -> None:
-        if name in self.scaling:
-            raise ValueError(f"adapter {name!r} already exists on this layer; pick another name")
-        w = self.base_layer.weight  # (num_embeddings, dim)
-        # Reversed initialisation: A = 0 and B random, so ΔE = 0 at step 0 yet B gets a gradient.
-        self.lora_embedding_A[name] = nn.Parameter(torch.zeros(config.r, w.shape[0], device=w.device, dtype=w.dtype))
-        self.lora_embedding_B[name] = nn.Parameter(torch.randn(w.shape[1], config.r, device=w.device, dtype=w.dtype))
-        self.scaling[name] = config.scaling
-        if self.active_adapter is None:
-            self.active_adapter = name
-
-    def delta_weight(self, name: str) -> torch.Tensor:
-        return (self.lora_embedding_B[name] @ self.lora_embedding_A[name]).T * self.scaling[name]  # (num, dim)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        use_adapter = self._use_adapter()  # first: it may unmerge, changing the base weight
-        result = self.base_layer(ids)  # (..., dim)
-        if not use_adapter:
-            return result
-        name, base = self.active_adapter, self.base_layer
-        after_a = F.embedding(ids, self.lora_embedding_A[name].T, base.padding_idx, base.max_norm,
-                              base.norm_type, base.scale_grad_by_freq, base.sparse)  # (..., r)
-        return result + (after_a @ self.lora_embedding_B[name].T) * self.scaling[name]  # (..., dim)
-
-    def extra_repr(self) -> str:
-        w = self.base_layer.weight
-        return f"num_embeddings={w.shape[0]}, dim={w.shape[1]}, adapters={self.adapter_names}"
-
-
-class ModulesToSave(nn.Module):
-    """A module trained in full for each adapter (e.g. a fresh classifier head): one copy per adapter, the
-    original kept for when adapters are disabled. The copies go into the adapter file."""
-
-    def __init__(self, original_module: nn.Module):
-        super().__init__()
-        self.original_module = original_module
-        self.modules_to_save = nn.ModuleDict()
-        self.active_adapter: str | None = None
-        self.disabled = False
-
-    def add_adapter(self, name: str, config: LoRAConfig | None = None) -> None:
-        import copy
-
-        if name in self.modules_to_save:
-            raise ValueError(f"adapter {name!r} already has a copy of this module")
-        self.modules_to_save[name] = copy.deepcopy(self.original_module)
-        if self.active_adapter is None:
-            self.active_adapter = name
-
-    def set_adapter(self, name: str) -> None:
-        if name not in self.modules_to_save:
-            raise KeyError(f"no copy for adapter {name!r}; it has {list(self.modules_to_save)}")
-        self.active_adapter = name
-
-    def forward(self, *args, **kwargs):
-        if self.disabled or self.active_adapter is None:
-            return self.original_module(*args, **kwargs)
-        return self.modules_to_save[self.active_adapter](*args, **kwargs)
+        kind = ", Conv1D (fan_in_fan_out)" if self.fan_in_fan_out else ""
+        return f"in={self.in_features}, out={self.out_features}{kind}, adapters={self.adapter_names}"

@@ -1,7 +1,7 @@
 r"""Put LoRA adapters into a whole model: inject, freeze, count, switch, merge, save and load.
 
-:func:`inject_lora` replaces each target ``nn.Linear``/``nn.Embedding`` by its LoRA twin (``"all-linear"``
-takes every linear layer except the output head: the LM head or a classifier), wraps ``modules_to_save``
+:func:`inject_lora` replaces each target ``nn.Linear``/``Conv1D``/``nn.Embedding`` by its LoRA twin
+(``"all-linear"`` takes every linear layer except the output head: the LM head or a classifier), wraps ``modules_to_save``
 (a fresh classifier head is trained in full), and :func:`mark_only_lora_trainable` freezes the rest, so
 the optimizer sees only
 
@@ -23,8 +23,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
+import torch
+
 from minillm.lora.config import LoRAConfig
-from minillm.lora.layers import LoRAEmbedding, LoRALayer, LoRALinear, ModulesToSave
+from minillm.lora.embedding import LoRAEmbedding, ModulesToSave
+from minillm.lora.layers import LoRALayer, LoRALinear, is_linear_like
 
 #: Output heads "all-linear" never adapts (they are trained in full through ``modules_to_save`` instead).
 HEAD_NAMES = ("classifier", "score", "lm_head")
@@ -60,19 +63,26 @@ def inject_lora(model: nn.Module, config: LoRAConfig, adapter_name: str = "defau
         ValueError: when no module matches (the message lists the linear layers there are).
         TypeError: when a target is neither ``nn.Linear`` nor ``nn.Embedding``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"inject_lora adapts a torch nn.Module, got {type(model).__name__}; load the model first")
+    if not isinstance(config, LoRAConfig):
+        raise TypeError(f"config must be a LoRAConfig, got {type(config).__name__}; e.g. LoRAConfig(r=8, alpha=16)")
+    if adapter_name in getattr(model, "lora_configs", {}):
+        raise ValueError(f"the model already has an adapter named {adapter_name!r}; pick another name, "
+                         f"or delete_adapter(model, {adapter_name!r}) first")
     heads = _output_head_names(model)
     targets: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if _INTERNAL & set(name.split(".")) or isinstance(module, ModulesToSave):
             continue  # inside a LoRA layer or a saved-module wrapper
         if config.target_modules == "all-linear":
-            wanted = isinstance(module, (nn.Linear, LoRALinear)) and name not in heads
+            wanted = (is_linear_like(module) or isinstance(module, LoRALinear)) and name not in heads
         else:
             wanted = _matches(name, tuple(config.target_modules))
         if wanted:
-            if not isinstance(module, (nn.Linear, nn.Embedding, LoRALayer)):
-                raise TypeError(f"module {name!r} is a {type(module).__name__}; LoRA supports nn.Linear and "
-                                f"nn.Embedding. Remove it from target_modules.")
+            if not (is_linear_like(module) or isinstance(module, (nn.Embedding, LoRALayer))):
+                raise TypeError(f"module {name!r} is a {type(module).__name__}; LoRA supports nn.Linear, "
+                                f"transformers' Conv1D and nn.Embedding. Remove it from target_modules.")
             targets.append((name, module))
     if not targets:
         linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][:12]
@@ -80,7 +90,7 @@ def inject_lora(model: nn.Module, config: LoRAConfig, adapter_name: str = "defau
                          f"linear layers in this model include {linear}")
     for name, module in targets:
         if not isinstance(module, LoRALayer):
-            module = LoRALinear(module) if isinstance(module, nn.Linear) else LoRAEmbedding(module)
+            module = LoRAEmbedding(module) if isinstance(module, nn.Embedding) else LoRALinear(module)
             _replace(model, name, module)
         module.add_adapter(adapter_name, config)
     for name in config.modules_to_save:
@@ -107,14 +117,25 @@ def adapter_modules(model: nn.Module) -> list[tuple[str, LoRALayer | ModulesToSa
 def set_adapter(model: nn.Module, name: str) -> None:
     """Make ``name`` the active adapter of every LoRA layer and saved module, and the only trainable one."""
     if name not in getattr(model, "lora_configs", {}):
-        raise KeyError(f"the model has no adapter {name!r}; it has {list(getattr(model, 'lora_configs', {}))}")
-    for _, module in adapter_modules(model):
-        module.set_adapter(name)
+        raise KeyError(f"the model has no adapter {name!r}; it has {list(getattr(model, 'lora_configs', {}))}: "
+                       f"inject_lora(model, config, {name!r}) or load_adapter(model, path, {name!r}) first")
+    for layer_name, module in adapter_modules(model):
+        names = module.adapter_names if isinstance(module, LoRALayer) else list(module.modules_to_save)
+        if name in names:
+            module.set_adapter(name)
+        elif isinstance(module, LoRALayer) and module.merged:
+            raise RuntimeError(f"{layer_name} has adapter(s) {module.merged_adapters} merged into its weight; "
+                               f"call unmerge_lora(model) before switching to {name!r}")
+        else:
+            module.active_adapter = None  # this adapter does not touch this layer: it runs as the base layer
     mark_only_lora_trainable(model)
 
 
 def mark_only_lora_trainable(model: nn.Module) -> None:
     """Freeze every parameter except the active adapter's ``A``/``B`` and its copies of ``modules_to_save``."""
+    if not adapter_modules(model):
+        raise ValueError("the model has no LoRA adapters: freezing everything would leave nothing to train; "
+                         "inject_lora(model, config) first")
     for p in model.parameters():
         p.requires_grad_(False)
     for _, module in adapter_modules(model):
@@ -140,14 +161,31 @@ def disable_adapters(model: nn.Module):
             m.disabled = False
 
 
-def merge_lora(model: nn.Module) -> None:
-    """Fold the active adapter into the base weights: W0 <- W0 + (alpha/r) B A in every LoRA layer."""
-    for _, m in adapter_modules(model):
-        if isinstance(m, LoRALayer):
-            m.merge()
+def merge_lora(model: nn.Module, safe_merge: bool = False) -> None:
+    """Fold the active adapter into the base weights: W0 <- W0 + s B A in every LoRA layer.
+
+    ``safe_merge=True`` first computes every layer's merged weight in a copy and raises ``ValueError`` before
+    changing any weight if one of them holds NaN or inf (a broken adapter must not silently ruin the base model).
+    """
+    layers = [(n, m) for n, m in adapter_modules(model) if isinstance(m, LoRALayer)]
+    if not layers:
+        raise ValueError("the model has no LoRA layers to merge; inject_lora(model, config) first")
+    if safe_merge:
+        with torch.no_grad():
+            broken = [n for n, m in layers if m.active_adapter is not None and m.active_adapter not in m.merged_adapters
+                      and not torch.isfinite(m.merged_weight()).all()]
+        if broken:
+            raise ValueError(f"merging would put NaN or inf into {len(broken)} weight(s), e.g. {broken[:3]}; no weight "
+                             f"was changed. The adapter diverged in training: retrain it at a lower learning rate, "
+                             f"or load an earlier adapter file")
+    for _, m in layers:
+        m.merge()
 
 
 def unmerge_lora(model: nn.Module) -> None:
+    """W0 <- W0 - ΔW in every LoRA layer that has its adapter merged (the unmerged model again)."""
+    if not any(isinstance(m, LoRALayer) for _, m in adapter_modules(model)):
+        raise ValueError("the model has no LoRA layers to unmerge; inject_lora(model, config) first")
     for _, m in adapter_modules(model):
         if isinstance(m, LoRALayer):
             m.unmerge()
@@ -168,6 +206,8 @@ class ParamReport:
 
 def trainable_report(model: nn.Module) -> ParamReport:
     """Trainable versus all parameters (shared tensors counted once)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"trainable_report counts the parameters of an nn.Module, got {type(model).__name__}")
     seen, trainable, total = set(), 0, 0
     for p in model.parameters():
         if id(p) in seen:
@@ -175,13 +215,16 @@ def trainable_report(model: nn.Module) -> ParamReport:
         seen.add(id(p))
         total += p.numel()
         trainable += p.numel() if p.requires_grad else 0
+    if total == 0:
+        raise ValueError(f"the {type(model).__name__} has no parameters to count; pass the model itself, "
+                         f"not a parameter-free wrapper or an empty container")
     return ParamReport(trainable, total)
 
 
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name`` from every layer (unmerge first if it is merged)."""
     if name not in getattr(model, "lora_configs", {}):
-        raise KeyError(f"the model has no adapter {name!r}")
+        raise KeyError(f"the model has no adapter {name!r} to delete; it has {list(getattr(model, 'lora_configs', {}))}")
     for _, m in adapter_modules(model):
         if isinstance(m, LoRALayer) and name in m.merged_adapters:
             m.unmerge()
