@@ -1,17 +1,42 @@
 """Chapter 4 — gradient accumulation (the BLOOM-560m experiment).
 
 The gradient of a large batch from several micro-batches, normalised by the step's total unit count (examples
-or tokens), the stepping rule with a short tail, and the experiment that compares batch 1, micro-batch 1 ×
-accumulation 16 and batch 16 in accuracy and memory.
+or tokens); when to step (the correct rule and the reference scripts' two rules); an activation-memory cap that
+refuses a micro-batch too large for the device; data parallelism over several processes with ``no_sync``; and
+the experiment that compares batch 1, micro-batch 1 × accumulation 16 and batch 16 in accuracy and memory, with
+its claims judged on paired intervals over seeds.
 
-Modules: :mod:`~minillm.accumulation.accumulate`, :mod:`~minillm.accumulation.experiment`.
+Modules: :mod:`~minillm.accumulation.stepping`, :mod:`~minillm.accumulation.accumulate`,
+:mod:`~minillm.accumulation.memory_cap`, :mod:`~minillm.accumulation.distributed`,
+:mod:`~minillm.accumulation.experiment`, :mod:`~minillm.accumulation.claims`.
 """
 
 from minillm.accumulation.accumulate import (IGNORE_INDEX, NORMALISATIONS, UNITS, accumulate_gradients, count_units,
-                                             grouped, should_step, summed_loss, train_accumulated)
-from minillm.accumulation.experiment import (ACCUMULATION_FULL, ACCUMULATION_TINY, AccumulationConfig, RunResult,
-                                             freeze_lower_layers, run_scheme)
+                                             summed_loss, train_accumulated)
+from minillm.accumulation.claims import (BATCH1_TUNED, COMPARISONS, accuracies, headline_claims, paired,
+                                         scheme_differences)
+from minillm.accumulation.distributed import (RANK_NORMALISATIONS, DataParallelSetup, Variant, VariantResult,
+                                              accumulate_data_parallel, full_batch_reference, rank_loss_scale,
+                                              run_data_parallel)
+from minillm.accumulation.experiment import (ACCUMULATION_FULL, ACCUMULATION_TINY, REVIEWS_FULL, REVIEWS_TINY,
+                                             SCHEMES, AccumulationConfig, RunResult, Scheme, freeze_lower_layers,
+                                             run_scheme)
+from minillm.accumulation.memory_cap import ActivationCapExceeded, activation_cap, check_micro_batch
+from minillm.accumulation.stepping import STEP_RULES, StepPlan, grouped, should_step, step_groups, step_plan
 
-__all__ = ["IGNORE_INDEX", "NORMALISATIONS", "UNITS", "accumulate_gradients", "count_units", "grouped",
-           "should_step", "summed_loss", "train_accumulated", "ACCUMULATION_FULL", "ACCUMULATION_TINY",
-           "AccumulationConfig", "RunResult", "freeze_lower_layers", "run_scheme"]
+__all__ = [
+    # stepping
+    "STEP_RULES", "StepPlan", "grouped", "should_step", "step_groups", "step_plan",
+    # accumulation
+    "IGNORE_INDEX", "NORMALISATIONS", "UNITS", "accumulate_gradients", "count_units", "summed_loss",
+    "train_accumulated",
+    # memory cap
+    "ActivationCapExceeded", "activation_cap", "check_micro_batch",
+    # data parallelism
+    "RANK_NORMALISATIONS", "DataParallelSetup", "Variant", "VariantResult", "accumulate_data_parallel",
+    "full_batch_reference", "rank_loss_scale", "run_data_parallel",
+    # the experiment and its claims
+    "ACCUMULATION_FULL", "ACCUMULATION_TINY", "REVIEWS_FULL", "REVIEWS_TINY", "SCHEMES", "AccumulationConfig",
+    "RunResult", "Scheme", "freeze_lower_layers", "run_scheme",
+    "BATCH1_TUNED", "COMPARISONS", "accuracies", "headline_claims", "paired", "scheme_differences",
+]

@@ -8,7 +8,7 @@ from transformers import BertConfig, BertForSequenceClassification, BloomConfig,
 
 from minillm.accumulation import (IGNORE_INDEX, accumulate_gradients, count_units, grouped, should_step,
                                   summed_loss, train_accumulated)
-from minillm.accumulation.experiment import AccumulationConfig, freeze_lower_layers, run_scheme
+from minillm.accumulation.experiment import AccumulationConfig, Scheme, freeze_lower_layers, run_scheme
 from minillm.core.evaluation import evaluate_classifier
 from minillm.core.memory import _is_parameter_copy, saved_activation_bytes, training_state_bytes
 from minillm.data.text_classification import classifier_forward
@@ -63,6 +63,25 @@ def test_accumulated_gradient_equals_full_batch_for_bloom_classifier():
     accumulate_gradients(model, micro, unit="examples")
     assert torch.allclose(_grads(model), full, rtol=0, atol=1e-6)
     assert (_grads(model) - full).abs().max() < 1e-6
+
+
+def test_mean_over_k_is_the_reference_scaling():
+    model = bloom_classifier(pretrained=False, seed=0).eval()
+    batch = _classification_batch(n=3)
+    micro = [_rows(batch, slice(i, i + 1)) for i in range(3)]
+    loss = accumulate_gradients(model, micro, "examples", "mean_over_k", accumulation_steps=4)
+    with torch.no_grad():
+        assert loss == pytest.approx(summed_loss(model, batch, "examples").item() / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="accumulation_steps=k"):
+        accumulate_gradients(model, micro, "examples", "mean_over_k")
+
+
+def test_non_finite_loss_is_reported_with_the_fix():
+    model = bloom_classifier(pretrained=False, seed=0).eval()
+    with torch.no_grad():
+        model.score.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="is nan.*no longer finite.*lower the learning rate"):
+        accumulate_gradients(model, [_classification_batch(n=2)])
 
 
 def test_token_normalisation_is_exact_and_mean_of_means_is_not():
@@ -166,10 +185,12 @@ def test_freeze_lower_layers_and_accuracy_metric():
 
 @pytest.mark.slow
 def test_run_scheme_smoke():
-    cfg = AccumulationConfig(train_size=8, test_size=8, max_length=16, trainable_layers=1)
-    result = run_scheme("smoke", micro_batch_size=2, accumulation_steps=2, cfg=cfg, progress=False)
-    assert len(result.step_losses) == 2 and 0.0 <= result.test_accuracy <= 1.0
-    assert result.activation_bytes > 0 and result.cuda_peak_bytes is None
+    cfg = AccumulationConfig(train_size=8, val_size=8, test_size=8, max_length=16, trainable_layers=1)
+    result = run_scheme(Scheme(2, 2), cfg, progress=False)
+    assert len(result.step_losses) == 2 and 0.0 <= result.test_accuracy <= 1.0 and len(result.test_correct) == 8
+    assert result.activation_bytes > 0 and result.cuda_peak_bytes is None and result.examples_applied == 8
+    ref = run_scheme(Scheme(1, 4, "reference"), cfg, progress=False)
+    assert len(ref.step_losses) == 2 and ref.examples_applied == 5  # steps after 0 and 1..4; 5..7 never applied
 
 
 def test_autocast_weight_copies_are_not_activations():
