@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # Chapter 1 exercises: attention, sampling and the KV cache
+# # Chapter 1 exercises: attention, sampling, the KV cache and rotary positions
 #
 # Fill in each code cell where it says `YOUR CODE HERE`, then run the check cell below it: the checks compare your
 # code with `minillm` and with PyTorch. The chapter is `book/ch01_attention_gpt.ipynb`; worked answers are in
@@ -121,8 +121,9 @@ probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
 logits = probs.log()
 kept = lambda p: torch.isfinite(top_p_filter(logits, p))[0].tolist()
 assert kept(0.1) == [False, True, False, False], "only the top token is needed to reach p=0.1"
-assert kept(0.7) == [False, True, False, True]
-assert kept(0.8) == [False, True, False, True], "0.5 + 0.3 already reaches 0.8"
+assert kept(0.7) == [False, True, False, True], "0.5 alone does not reach 0.7: the token that crosses p stays"
+assert kept(0.79) == [False, True, False, True]
+assert kept(0.81) == [False, True, True, True], "0.5 + 0.3 falls short of 0.81: the third token is needed"
 assert kept(0.9) == [False, True, True, True]
 assert kept(1.0) == [True, True, True, True]
 batch = torch.randn(5, 65, generator=torch.Generator().manual_seed(1))
@@ -137,28 +138,53 @@ print("Exercise 3: correct")
 # %% [markdown]
 # ## Exercise 4: how much memory does a KV cache need?
 #
-# Write `kv_cache_bytes(n_layer, batch_size, n_head, seq_len, head_size, bytes_per_element)`: every layer stores one
-# key and one value vector of size `head_size` per head, per position, per sequence. Then use it to answer: how many
-# MiB does the cache of the chapter's full preset (`gpt-shakespeare`) take for 64 sequences of the whole window in
-# float32?
+# Write `kv_cache_bytes(n_layer, batch_size, n_kv_head, seq_len, head_size, bytes_per_element)` **from the formula**
+# (without allocating anything): every layer stores one key and one value vector of size `head_size` per key/value
+# head, per position, per sequence. `bytes_per_element` may be fractional: a cache quantized to 4 bits stores half a
+# byte per element. Then answer two questions in the variables below:
+#
+# * `full_preset_mib`: how many MiB (2²⁰ bytes) does the fixed cache of the chapter's full preset
+#   (`gpt-shakespeare`, `block_size` positions) take for 64 sequences in float32?
+# * `llama2_7b_gib`: how many GiB (2³⁰ bytes) does Llama-2-7B's cache take for one sequence of its full 4,096-token
+#   context in float16? (32 layers, 32 key/value heads of size 128.)
 
 # %%
-def kv_cache_bytes(n_layer, batch_size, n_head, seq_len, head_size, bytes_per_element=4):
+def kv_cache_bytes(n_layer, batch_size, n_kv_head, seq_len, head_size, bytes_per_element=4):
     # BEGIN SOLUTION
-    return 2 * n_layer * batch_size * n_head * seq_len * head_size * bytes_per_element
+    return 2 * n_layer * batch_size * n_kv_head * seq_len * head_size * bytes_per_element
     # END SOLUTION
 
 
+from minillm.gpt import gpt_config
+
+# BEGIN SOLUTION
+cfg = gpt_config("gpt-shakespeare", vocab_size=65)
+full_preset_mib = kv_cache_bytes(cfg.n_layer, 64, cfg.n_head, cfg.block_size, cfg.head_size) / 2**20
+llama2_7b_gib = kv_cache_bytes(32, 1, 32, 4096, 128, bytes_per_element=2) / 2**30
+# END SOLUTION
+
+
 # %%
-from minillm.gpt import GPT, gpt_config
+from unittest import mock
+
 from minillm.gpt.kv_cache import KVCache
 
 for n_layer, b, nh, t, hs in [(1, 1, 1, 1, 1), (4, 2, 4, 64, 32), (6, 3, 6, 256, 64)]:
     assert kv_cache_bytes(n_layer, b, nh, t, hs) == KVCache(n_layer, b, nh, t, hs).nbytes()
 assert kv_cache_bytes(2, 1, 2, 8, 4, bytes_per_element=2) == KVCache(2, 1, 2, 8, 4, dtype=torch.float16).nbytes()
-cfg = gpt_config("gpt-shakespeare", vocab_size=65)
-full_mib = kv_cache_bytes(cfg.n_layer, 64, cfg.n_head, cfg.block_size, cfg.head_size) / 2**20
-print(f"gpt-shakespeare, 64 sequences × {cfg.block_size} tokens: {full_mib:.0f} MiB of KV cache")
+# a 4-bit cache: half a byte per element, a quarter of float16's bytes
+assert kv_cache_bytes(2, 3, 2, 8, 4, bytes_per_element=0.5) == KVCache(2, 3, 2, 8, 4, dtype=torch.float16).nbytes() / 4
+# 80 layers, 64 sequences of 32k tokens: about 1.4 TB in float32 -- it must come from the formula, not an allocation
+with mock.patch("torch.zeros", side_effect=AssertionError("compute the bytes from the formula; do not build a cache")):
+    assert kv_cache_bytes(80, 64, 8, 32_768, 128, bytes_per_element=2) == 2 * 80 * 64 * 8 * 32_768 * 128 * 2
+preset = gpt_config("gpt-shakespeare", vocab_size=65)
+expected_mib = KVCache(preset.n_layer, 64, preset.n_head, preset.block_size, preset.head_size).nbytes() / 2**20
+assert abs(full_preset_mib - expected_mib) < 0.5, f"full_preset_mib = {full_preset_mib:.1f}: count MiB (2**20 bytes)"
+# the Llama cache grows linearly in the context, so 1/64 of it (64 tokens) can be built and scaled
+expected_gib = KVCache(32, 1, 32, 4096 // 64, 128, dtype=torch.float16).nbytes() * 64 / 2**30
+assert abs(llama2_7b_gib - expected_gib) < 0.01, f"llama2_7b_gib = {llama2_7b_gib:.3f}: count GiB (2**30 bytes) of fp16"
+print(f"your answers: {full_preset_mib:.0f} MiB for the full preset's batch, {llama2_7b_gib:.1f} GiB for one Llama-2-7B "
+      "context")
 print("Exercise 4: correct")
 
 
@@ -218,4 +244,40 @@ print(f"MQA {n_mqa:,} parameters vs MHA {n_mha:,}; KV cache {nh}x smaller")
 print("Exercise 5: correct")
 
 # %% [markdown]
+# ## Exercise 6: rotary embeddings with complex numbers
 #
+# Read coordinate $i$ of a head vector together with coordinate $i + d/2$ as one complex number
+# $z_i = x_i + \mathrm{i}\, x_{i+d/2}$ ($i = 0 \dots d/2-1$, the layout of `minillm.gpt.rope`). RoPE at position $m$ is
+# then one multiplication per pair: $z_i \mapsto z_i\, e^{\mathrm{i} m \theta_i}$ with $\theta_i = b^{-2i/d}$.
+# Write `rope_complex(x, positions, base)` for `x` of shape `(..., T, d)` and integer `positions` of shape `(T,)`,
+# returning the rotated real tensor of the same shape. *Hint:* `torch.complex`, `torch.polar`, `.real`, `.imag`.
+
+# %%
+def rope_complex(x: torch.Tensor, positions: torch.Tensor, base: float = 10_000.0) -> torch.Tensor:
+    d = x.size(-1)
+    # BEGIN SOLUTION
+    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)               # (d/2,)
+    angles = positions.to(torch.float64)[:, None] * theta[None, :]                   # (T, d/2)
+    z = torch.complex(x[..., : d // 2].double(), x[..., d // 2:].double())           # (..., T, d/2)
+    z = z * torch.polar(torch.ones_like(angles), angles)                             # rotate every pair
+    return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
+    # END SOLUTION
+
+
+# %%
+from minillm.gpt.rope import RotaryEmbedding, apply_rope
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2, 3, 10, 16, generator=g)
+positions = torch.arange(7, 17)
+ours = rope_complex(x, positions)
+assert ours.shape == x.shape and ours.dtype == x.dtype
+torch.testing.assert_close(ours, apply_rope(x, *RotaryEmbedding(16)(positions)), atol=1e-5, rtol=1e-5)
+torch.testing.assert_close(rope_complex(x, positions, base=50.0), apply_rope(x, *RotaryEmbedding(16, 50.0)(positions)),
+                           atol=1e-5, rtol=1e-5)
+torch.testing.assert_close(ours.norm(dim=-1), x.norm(dim=-1), atol=1e-5, rtol=1e-5)   # rotations keep lengths
+# a query at m and a key at n score the same as at m + 40 and n + 40: only the offset counts
+q, k = x[0, 0, :1], x[0, 1, :1]
+score = lambda m, n: (rope_complex(q, torch.tensor([m])) @ rope_complex(k, torch.tensor([n])).T).item()
+assert abs(score(9, 2) - score(49, 42)) < 1e-4
+print("Exercise 6: correct")

@@ -40,7 +40,10 @@ class LMTrainConfig:
     eval_iters: int = 20
     seed: int = 1337
 
-    SMOKE_CAPS: ClassVar[dict[str, int]] = {"max_iters": 3, "warmup_iters": 1, "eval_interval": 3, "eval_iters": 2}
+    #: a smoke run keeps the model and its code paths but takes 3 steps of 8 windows (a full-profile step of 64
+    #: windows of 256 tokens is a teraflop: a minute on a laptop CPU)
+    SMOKE_CAPS: ClassVar[dict[str, int]] = {"max_iters": 3, "warmup_iters": 1, "eval_interval": 3, "eval_iters": 2,
+                                            "batch_size": 8}
 
     def __post_init__(self):
         for name in ("max_iters", "batch_size", "eval_interval", "eval_iters"):

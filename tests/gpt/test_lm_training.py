@@ -34,7 +34,8 @@ def test_profiles_pick_presets():
     assert Profile("tiny").pick(LM_TRAIN_TINY, LM_TRAIN_FULL) == LM_TRAIN_TINY
     assert Profile("full").pick(LM_TRAIN_TINY, LM_TRAIN_FULL).max_iters > LM_TRAIN_TINY.max_iters
     smoke = Profile("full", smoke=True).pick(LM_TRAIN_TINY, LM_TRAIN_FULL)
-    assert smoke.max_iters == 3 and smoke.batch_size == LM_TRAIN_FULL.batch_size  # loops capped, sizes kept
+    assert smoke.max_iters == 3 and smoke.batch_size == 8  # loops and data per step capped
+    assert Profile("tiny", smoke=True).pick(LM_TRAIN_TINY, LM_TRAIN_FULL).learning_rate == LM_TRAIN_TINY.learning_rate
 
 
 def _periodic_data():
