@@ -1,13 +1,7 @@
 #!/usr/bin/env bash
-# GPU checks: benchmarks and every notebook with the full profile, on CUDA. Run from the repository root
-# on a machine with an NVIDIA GPU; results land in benchmarks/results/*-full-cuda.json.
+# The GPU check (see scripts/gpu_check.py): the Triton benchmark, the other CUDA benchmarks, then every notebook with
+# the full profile, shortest first, stopping cleanly at a deadline (default 12 minutes). Results and a summary land in
+# benchmarks/results/ (gpu_check-full-cuda.json). Arguments pass through, e.g.  --deadline-min 30  or  --dry-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-make venv
-.venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible to PyTorch: run this on a GPU machine')"
-export MINILLM_PROFILE=full MINILLM_DEVICE=cuda
-.venv/bin/python -c "import torch; print('GPU:', torch.cuda.get_device_name(0))"
-# One benchmark list for make bench and this check: benchmarks/__init__.py (ordered by value).
-.venv/bin/python -m benchmarks --device cuda
-.venv/bin/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg book solutions
-.venv/bin/python scripts/run_notebooks.py --no-save
+exec "${PYTHON:-python3}" scripts/gpu_check.py "$@"

@@ -96,38 +96,34 @@ if triton is not None:
         return t_begin, t_end, t_begin // TPG, (t_end + TPG - 1) // TPG
 
     @triton.jit
-    def _load_x(x_ptr, idx_ptr, rows, HAS_IDX: tl.constexpr):
-        """x at the input rows of kernel rows ``rows`` (a gather through row_index when rows were regrouped)."""
-        if HAS_IDX:
-            return tl.load(x_ptr + tl.load(idx_ptr + rows)).to(tl.float32)
-        return tl.load(x_ptr + rows).to(tl.float32)
-
-    @triton.jit
-    def _fma_codes(acc, m, z, x_ptr, idx_ptr, rows, P: tl.constexpr, HAS_IDX: tl.constexpr):
-        """acc + x·(q − z) for ``m`` = the bits of 2²³ + q·2ᴾ: one subtraction, no integer-to-float conversion."""
-        d = m.to(tl.float32, bitcast=True) - (z * (1 << P) + 8388608.0)  # (BLOCKS, BN) = (q − z)·2ᴾ, exact
-        xv = _load_x(x_ptr, idx_ptr, rows, HAS_IDX) * (1.0 / (1 << P))
-        return acc + xv[:, None] * d
-
-    @triton.jit
     def _add_code(acc, word, hi, prev, z, magic, x_ptr, idx_ptr, rows, R: tl.constexpr, W: tl.constexpr,
                   BITS: tl.constexpr, HAS_IDX: tl.constexpr):
-        """Add code R of each 32-row block (stream bits R·BITS ...) if it ends in word W (``word``; ``prev`` = W − 1)."""
+        """acc + x·(q − z) for code R of each 32-row block (stream bits R·BITS ...) if it ends in word W.
+
+        ``word`` is word W of each block, ``hi`` = word >> 16, ``prev`` = word W − 1. The code becomes a float
+        without an integer conversion: m = 2²³ + q·2ᴾ has the bits of the code OR-ed into the mantissa of 2²³.
+        """
         MASK: tl.constexpr = (1 << BITS) - 1
-        if R < 0 or R >= 32:
-            return acc
-        elif (R * BITS) // 32 == W and (R * BITS) % 32 + BITS <= 23:  # low bits of the word: mask in place
-            P: tl.constexpr = (R * BITS) % 32
-            return _fma_codes(acc, (word & (MASK << P)) | magic, z, x_ptr, idx_ptr, rows + R, P, HAS_IDX)
-        elif (R * BITS) // 32 == W and (R * BITS) % 32 + BITS <= 32:  # high bits: from word >> 16
-            P: tl.constexpr = (R * BITS) % 32 - 16
-            return _fma_codes(acc, (hi & (MASK << P)) | magic, z, x_ptr, idx_ptr, rows + R, P, HAS_IDX)
-        elif (R * BITS) // 32 == W - 1 and (R * BITS) % 32 + BITS > 32:  # 3 bits straddling words W − 1 and W
-            LOW: tl.constexpr = 32 - (R * BITS) % 32  # bits of the code in the previous word
-            q = ((prev >> (32 - LOW)) & ((1 << LOW) - 1)) | ((word & ((1 << (BITS - LOW)) - 1)) << LOW)
-            return _fma_codes(acc, q | magic, z, x_ptr, idx_ptr, rows + R, 0, HAS_IDX)
-        else:
-            return acc
+        START: tl.constexpr = (R * BITS) // 32  # word where the code starts
+        OFFSET: tl.constexpr = (R * BITS) % 32  # its first bit there
+        if R >= 0 and R < 32 and ((START == W and OFFSET + BITS <= 32) or (START == W - 1 and OFFSET + BITS > 32)):
+            if START == W and OFFSET + BITS <= 23:  # low bits of the word: mask in place
+                P: tl.constexpr = OFFSET
+                m = (word & (MASK << P)) | magic
+            elif START == W and OFFSET + BITS <= 32:  # high bits: from word >> 16
+                P: tl.constexpr = OFFSET - 16
+                m = (hi & (MASK << P)) | magic
+            else:  # 3 bits straddling words W − 1 and W
+                P: tl.constexpr = 0
+                LOW: tl.constexpr = 32 - OFFSET  # bits of the code in the previous word
+                m = ((prev >> OFFSET) & ((1 << LOW) - 1)) | ((word & ((1 << (BITS - LOW)) - 1)) << LOW) | magic
+            d = m.to(tl.float32, bitcast=True) - (z * (1 << P) + 8388608.0)  # (BLOCKS, BN) = (q − z)·2ᴾ, exact
+            if HAS_IDX:  # x at the input rows of these kernel rows
+                xv = tl.load(x_ptr + tl.load(idx_ptr + rows + R))
+            else:
+                xv = tl.load(x_ptr + rows + R)
+            acc = acc + (xv.to(tl.float32) * (1.0 / (1 << P)))[:, None] * d
+        return acc
 
     @triton.jit
     def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, idx_ptr, y_ptr, N, stride_qw, TILES, TPG, TPS, magic,
