@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # Chapter 6 exercises: reparameterisation and the λ schedule
+# # Chapter 6 exercises: reparameterisation, the λ schedule and rank correlation
 #
 # Each exercise has a task, a cell for your code, and a check cell of assertions: run the check after you write
 # your answer. The helpers below build BatchNorms with real statistics (a freshly built BN is the identity in eval
@@ -75,9 +75,12 @@ def fuse_bn_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
 # %%
 torch.manual_seed(1)
 bn, conv = calibrated_bn(5), nn.Conv2d(5, 7, 3, stride=2)
+bn.eps = 1e-3  # some frameworks' default; large enough that a forgotten eps shows
 x = torch.randn(4, 5, 9, 9)
 with torch.no_grad():
-    assert rel_err(fuse_bn_conv(bn, conv)(x), conv(bn(x))) < 1e-5
+    fused = fuse_bn_conv(bn, conv)
+    assert isinstance(fused, nn.Conv2d) and fused.stride == (2, 2) and fused.padding == (0, 0)
+    assert rel_err(fused(x), conv(bn(x))) < 1e-5
 try:
     fuse_bn_conv(bn, nn.Conv2d(5, 7, 3, padding=1))
     raise AssertionError("a padded conv must be refused")
@@ -87,37 +90,42 @@ print("exercise 1: exact")
 
 
 # %% [markdown]
-# ## Exercise 2: k×k then 1×1 (the ConvNeXt order)
+# ## Exercise 2: a depthwise k×k then a 1×1 (the ConvNeXt order)
 #
-# ConvNeXt runs its spatial conv *first* and the pointwise convs after. Write `merge_kxk_1x1(conv_k, conv_1)`
-# returning one conv equal to `conv_1(conv_k(x))`. Why is this order exact for **any** padding and stride of the k×k
+# ConvNeXt runs a depthwise k×k conv (`groups = C`, one filter $D[c]$ per channel) *before* its pointwise convs.
+# Write `merge_dw_1x1(dw, pw)` returning one dense `nn.Conv2d` equal to `pw(dw(x))`, **without** building the
+# block-diagonal dense kernel of `dw`: use broadcasting, $K[o, c] = W_{1\times1}[o, c]\, D[c]$, and the bias
+# $W_{1\times1}\, b_{dw} + b_{1\times1}$. Why is this order exact for **any** padding and stride of the depthwise
 # conv, unlike 1×1 → k×k? (Answer in a comment: what does a 1×1 conv do to a border pixel?)
 
 # %%
-def merge_kxk_1x1(conv_k: nn.Conv2d, conv_1: nn.Conv2d) -> nn.Conv2d:
+def merge_dw_1x1(dw: nn.Conv2d, pw: nn.Conv2d) -> nn.Conv2d:
     # BEGIN SOLUTION
-    # A 1×1 conv acts on each output pixel of conv_k separately, border pixels included, so nothing is padded
-    # *between* the two convs and the padding/stride of conv_k carry over unchanged.
-    w1 = conv_1.weight[:, :, 0, 0]                                       # (out, mid)
-    weight = torch.einsum("om,mihw->oihw", w1, conv_k.weight)           # (out, in, k, k)
-    bk = conv_k.bias if conv_k.bias is not None else torch.zeros(conv_k.out_channels)
-    b1 = conv_1.bias if conv_1.bias is not None else torch.zeros(conv_1.out_channels)
-    merged = nn.Conv2d(conv_k.in_channels, conv_1.out_channels, conv_k.kernel_size, conv_k.stride, conv_k.padding)
+    # A 1×1 conv acts on each output pixel of the depthwise conv separately, border pixels included, so nothing
+    # is padded *between* the two convs and the padding/stride of the depthwise conv carry over unchanged.
+    d = dw.weight[:, 0]                                                  # (C, k, k): one filter per channel
+    w1 = pw.weight[:, :, 0, 0]                                           # (out, C)
+    weight = w1[:, :, None, None] * d[None]                              # (out, C, k, k)
+    b_dw = dw.bias if dw.bias is not None else torch.zeros(dw.out_channels)
+    b_pw = pw.bias if pw.bias is not None else torch.zeros(pw.out_channels)
+    merged = nn.Conv2d(dw.in_channels, pw.out_channels, dw.kernel_size, dw.stride, dw.padding)
     with torch.no_grad():
         merged.weight.copy_(weight)
-        merged.bias.copy_(w1 @ bk + b1)
+        merged.bias.copy_(w1 @ b_dw + b_pw)
     return merged
     # END SOLUTION
 
 
 # %%
 torch.manual_seed(2)
-conv_k, conv_1 = nn.Conv2d(4, 12, 5, stride=2, padding=2), nn.Conv2d(12, 6, 1)
-x = torch.randn(3, 4, 11, 11)
+dw, pw = nn.Conv2d(8, 8, 5, stride=2, padding=2, groups=8), nn.Conv2d(8, 12, 1)
+x = torch.randn(3, 8, 11, 11)
 with torch.no_grad():
-    merged = merge_kxk_1x1(conv_k, conv_1)
+    merged = merge_dw_1x1(dw, pw)
+    assert isinstance(merged, nn.Conv2d) and merged.groups == 1 and merged.weight.shape == (12, 8, 5, 5)
     assert merged.kernel_size == (5, 5) and merged.padding == (2, 2) and merged.stride == (2, 2)
-    assert rel_err(merged(x), conv_1(conv_k(x))) < 1e-5
+    assert rel_err(merged(x), pw(dw(x))) < 1e-5
+    assert rel_err(merged.weight, reparam.merge_kxk_1x1(dw, pw).weight) < 1e-5  # the package's general rule
 print("exercise 2: exact")
 
 
@@ -192,3 +200,44 @@ try:
 except ValueError:
     pass
 print("exercise 4: schedule checks pass")
+
+
+# %% [markdown]
+# ## Exercise 5: a rank correlation that handles ties
+#
+# The chapter's Table 5 study ranks 20 subnets by supernet fitness and by fine-tuned accuracy and correlates the
+# ranks (Spearman's $\rho$ = the Pearson correlation of the ranks). Accuracies on a few hundred test images **tie**
+# often, and tied values must share the *average* of the ranks they occupy (values 0.9, 0.95, 0.95, 0.97 get ranks
+# 1, 2.5, 2.5, 4). Write `spearman(a, b)` for two equally long lists, in NumPy, without `scipy`.
+
+# %%
+import numpy as np
+
+
+def spearman(a, b) -> float:
+    # BEGIN SOLUTION
+    def ranks(values):
+        values = np.asarray(values, dtype=float)
+        order = np.argsort(values, kind="stable")
+        r = np.empty(len(values))
+        r[order] = np.arange(1, len(values) + 1)
+        for v in np.unique(values):  # ties share the average of their ranks
+            r[values == v] = r[values == v].mean()
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    return float(np.corrcoef(ra, rb)[0, 1])
+    # END SOLUTION
+
+
+# %%
+from minillm.prune import spearman as package_spearman
+
+rng = np.random.default_rng(5)
+fit = np.round(rng.uniform(0.6, 0.9, 20), 2)              # many ties after rounding
+acc = np.round(fit + rng.normal(0, 0.05, 20), 2)
+assert abs(spearman(fit, acc) - package_spearman(fit, acc)) < 1e-12
+assert abs(spearman([1, 2, 3, 4], [10, 20, 30, 40]) - 1.0) < 1e-12     # monotone: 1 whatever the spacing
+assert abs(spearman([1, 2, 3, 4], [1, 4, 9, 100]) - 1.0) < 1e-12       # (Pearson on the values is not 1 here)
+assert abs(spearman([0.9, 0.95, 0.95, 0.97], [1, 2, 3, 4]) - package_spearman([0.9, 0.95, 0.95, 0.97], [1, 2, 3, 4])) < 1e-12
+print("exercise 5: ranks with ties match the package")

@@ -39,7 +39,7 @@ def study_config(quick: bool, seeds: int | None) -> SubnetStudyConfig:
         updp = dataclasses.replace(updp, cnn=dataclasses.replace(updp.cnn, **QUICK_CNN), pruned_blocks=2,
                                    baseline=dataclasses.replace(short, epochs=2), supernet=short, subnet=short,
                                    search=SearchConfig(population=3, generations=2, elite=2),
-                                   train_examples=384, eval_examples=192, calib_batches=1)
+                                   train_examples=256, eval_examples=128, calib_batches=1)
     cfg = SubnetStudyConfig(updp, seeds=seeds or (2 if quick else 8))
     return profile.pick(cfg, cfg)  # smoke caps apply under MINILLM_SMOKE=1
 

@@ -20,12 +20,13 @@ def _bn(channels):
 
 def test_notebook_fuse_conv_bn_equals_package():
     ns = exec_tagged_cells(NOTEBOOK)
-    for conv in (nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Conv2d(3, 8, 1, bias=False)):
+    for conv in (nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Conv2d(3, 8, 1, bias=False),
+                 nn.Conv2d(8, 8, 3, padding=1, groups=8)):  # depthwise: the BN scales each filter alike
         bn = _bn(8)
         ours, pkg = ns["fuse_conv_bn"](conv, bn), reparam.fuse_conv_bn(conv, bn)
         torch.testing.assert_close(ours.weight, pkg.weight)
         torch.testing.assert_close(ours.bias, pkg.bias)
-        x = torch.randn(2, 3, 9, 9)
+        x = torch.randn(2, conv.in_channels, 9, 9)
         with torch.no_grad():
             torch.testing.assert_close(ours(x), pkg(x))
 
