@@ -266,7 +266,7 @@ def run_steps(steps: list[Step], deadline: float, out_dir: Path, label: str, sum
             elif left < MIN_LEFT:
                 step.status, step.reason = "skipped", f"the deadline: {max(left, 0):.0f} s left"
             elif step.expected_s is not None and step.expected_s > left:
-                step.status, step.reason = "skipped", f"expected {step.expected_s:.0f} s, {left:.0f} s left"
+                step.status, step.reason = "skipped", f"expected {step.expected_s:.0f} s, {left:.0f} s left before the deadline"
             else:
                 cap = CAPS[step.kind]
                 print(f"== [{i}/{len(steps)}] {step.kind} {step.name} (timeout {min(cap, left):.0f} s, "
@@ -281,7 +281,7 @@ def run_steps(steps: list[Step], deadline: float, out_dir: Path, label: str, sum
                 print(f"-- [{i}/{len(steps)}] skipped {step.name}: {step.reason}", flush=True)
             _write(folder / f"{i:02d}-{step.name.replace('/', '_')}.json", asdict(step))
             summary["steps"][i - 1] = asdict(step)
-            _write(summary_path, summary)
+            _write(summary_path, _public(summary))
     except KeyboardInterrupt:
         summary["interrupted"] = True
     counts: dict[str, int] = {}
@@ -290,8 +290,16 @@ def run_steps(steps: list[Step], deadline: float, out_dir: Path, label: str, sum
     summary.update(steps=[asdict(s) for s in steps], counts=counts, finished=_now(),
                    wall_s=round(time.monotonic() - summary["_t0"], 1),
                    stopped_by_deadline=any(s.status in ("deadline", "skipped") and "deadline" in s.reason for s in steps))
-    _write(summary_path, {k: v for k, v in summary.items() if k != "_t0"})
+    _write(summary_path, _public(summary))
     return summary
+
+
+def _public(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if not k.startswith("_")}
+
+
+def _interrupt(signum, frame):  # SIGTERM (a cancelled job) ends the check like Ctrl-C: kill the step, write the JSON
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,12 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     summary_path = out_dir / f"gpu_check-{label}.json"
     if "torch" not in probe:
         summary.update(status="no-torch", steps=[asdict(s) for s in steps])
-        _write(summary_path, {k: v for k, v in summary.items() if k != "_t0"})
+        _write(summary_path, _public(summary))
         print(f"no usable torch in {python}: {probe.get('torch_error')}; install the course's requirements", file=sys.stderr)
         return 2
     if not args.dry_run and not probe.get("cuda_available"):
         summary.update(status="no-gpu", steps=[asdict(s) for s in steps])
-        _write(summary_path, {k: v for k, v in summary.items() if k != "_t0"})
+        _write(summary_path, _public(summary))
         print("no CUDA GPU visible to PyTorch: run the GPU check on a GPU machine, or rehearse it here with --dry-run",
               file=sys.stderr)
         return 2
@@ -347,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             s.status, s.reason = "skipped", f"missing packages: {', '.join(lacking)}"
     print(f"GPU check ({label}): {len(steps)} steps, deadline {deadline - t0:.0f} s, device "
           f"{summary['device']['name'] or 'cpu'}, torch {probe.get('torch')}, triton {probe.get('triton')}", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)
     summary = run_steps(steps, deadline, out_dir, label, summary)
     print(f"GPU check: {summary['counts']} in {summary['wall_s']:.0f} s; summary {summary_path}", flush=True)
     return 130 if summary.get("interrupted") else (0 if all(s.status == "ok" for s in steps) else 1)

@@ -12,9 +12,11 @@ so the inner loop works on small exact integers ``q − z`` and the scale multip
 * **M = 1 (decode)** — ``_gemv_kernel``: a matvec is bound by memory bandwidth, so it must spend few
   instructions per weight. Each program keeps a (BLOCK_K/32, BLOCK_N) accumulator: one row per 32-row block
   of codes, and for each of the 32 code slots of a block it adds ``x·(q − z)``. A code is turned into a float
-  without an integer-to-float conversion: OR-ing it (left in place at bit ``p``, p ≤ 20) into the mantissa of
-  2²³ gives the float 2²³ + q·2ᵖ exactly, one subtraction of 2²³ + z·2ᵖ leaves (q − z)·2ᵖ, and ``x`` is
-  pre-scaled by 2⁻ᵖ. Codes in the top half of a word are read from ``word >> 16``.
+  without an integer-to-float conversion: OR-ing it (left in place at bit ``p``, below bit 23) into the
+  mantissa of 2²³ gives the float 2²³ + q·2ᵖ exactly, one subtraction of 2²³ + z·2ᵖ leaves (q − z)·2ᵖ, and
+  ``x`` is pre-scaled by 2⁻ᵖ. Codes in the top half of a word are read from ``word >> 16``. Per weight that is
+  about three instructions (AND-OR, subtract, multiply-add; ``tests/quant/test_quant_kernel_compile.py`` reads
+  the sm_90 machine code).
 * **M > 1** — ``_gemm_kernel``: unpacks a (BLOCK_K, BLOCK_N) tile of ``q − z`` and uses ``tl.dot`` (tensor
   cores; fp32 inputs run as TF32 on a GPU).
 * ``split_k`` > 1 splits the K tiles over programs that ``atomic_add`` their partial sums into a float32 buffer:
@@ -125,7 +127,8 @@ if triton is not None:
             acc = acc + (xv.to(tl.float32) * (1.0 / (1 << P)))[:, None] * d
         return acc
 
-    @triton.jit
+    # Loop counts are not specialised on, so one compiled kernel serves every layer shape (fewer compilations).
+    @triton.jit(do_not_specialize=["TILES", "TPG", "TPS"])
     def _gemv_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, idx_ptr, y_ptr, N, stride_qw, TILES, TPG, TPS, magic,
                      BITS: tl.constexpr, HAS_IDX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                      SPLIT_K: tl.constexpr):
@@ -169,7 +172,7 @@ if triton is not None:
             f = (q | magic).to(tl.float32, bitcast=True) - (z.to(tl.float32) + 8388608.0)[None, :]
             return f.to(DTYPE)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["TILES", "TPG", "TPS"])
     def _gemm_kernel(x_ptr, qw_ptr, s_ptr, z_ptr, idx_ptr, y_ptr, M, N, stride_xm, stride_ym, stride_qw,
                      TILES, TPG, TPS, magic, BITS: tl.constexpr, HAS_IDX: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):

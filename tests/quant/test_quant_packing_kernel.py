@@ -1,8 +1,10 @@
 """Chapter 5: int32 packing (2, 3, 4, 8 bits), the kernel layout, the Triton kernels (interpreter on CPU),
 QuantLinear, and the GPU benchmark's CPU mode."""
 
+import importlib
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -226,3 +228,28 @@ def test_cpu_benchmark_runs_and_gptq_matches_the_reference(tmp_path):
     assert data["bar"]["relative_difference"] < 1e-5
     assert data["bar"]["layer_error"]["gptq"] < data["bar"]["layer_error"]["rtn"]
     assert all(r["obq_seconds"] > 0 and r["gptq_seconds"] > 0 for r in data["curve"])
+
+
+def test_gpu_benchmark_records_a_failing_configuration_and_keeps_measuring(tmp_path, monkeypatch):
+    tm = triton_matmul()
+    bench = _load("ch05_quant_matmul_gpu")
+    bad = tm.KernelConfig(96, 128)  # not a power of two: quant_matmul refuses it
+    monkeypatch.setattr(tm, "GEMV_CONFIGS", (bad, tm.GEMV_CONFIGS[0]))
+    monkeypatch.setattr(tm, "GEMM_CONFIGS", tm.GEMM_CONFIGS[:1])
+    results = bench.run(dry=True, out=tmp_path / "q.json", bits_list=(4,))
+    assert [(f["M"], f["config"]["block_n"]) for f in results["failures"]] == [(1, 96)]
+    assert "powers of two" in results["failures"][0]["error"]
+    written = json.loads((tmp_path / "q.json").read_text())
+    assert written["rows"][0]["int4"]["config"]["block_n"] == 128 and len(written["rows"]) == 2
+
+
+def test_gpu_benchmark_compiles_its_variants_in_parallel_processes(monkeypatch):
+    """The GPU run compiles every variant in worker processes first; rehearsed here with the interpreter."""
+    tm = triton_matmul()
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    bench = importlib.import_module("ch05_quant_matmul_gpu")  # importable by name: workers unpickle the job function
+    monkeypatch.setattr(tm, "GEMV_CONFIGS", tm.GEMV_CONFIGS[:1])
+    monkeypatch.setattr(tm, "GEMM_CONFIGS", tm.GEMM_CONFIGS[:1])
+    report = bench.precompile((4,), workers=2, device="cpu", timeout=120)
+    assert "error" not in report and report["failed"] == []
+    assert report["jobs"] == 4 and report["finished"] == 4  # 1 + 1 act-order variants, 1 + 1 natural-order
