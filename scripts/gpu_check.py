@@ -168,7 +168,8 @@ def setup(args, deadline: float) -> tuple[str, dict]:
         python, probe = next(((py, pr) for py, pr in seen if "torch" in pr), seen[-1])
     facts.update(python=python, probe=probe, candidates=[py for py, _ in seen])
     missing = [m for m in probe.get("missing", []) if m in NEEDED]
-    if missing and not args.skip_install and "torch" in probe:
+    usable = "torch" in probe and (args.dry_run or probe.get("cuda_available"))  # else main() stops at once
+    if missing and not args.skip_install and usable:
         target = python
         if not probe.get("venv"):  # a system interpreter may refuse pip: a venv that sees its torch and triton
             venv_dir = ROOT / "_build" / "gpu-venv"

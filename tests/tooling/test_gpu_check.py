@@ -96,3 +96,18 @@ def test_the_real_check_stops_at_once_without_a_gpu(tmp_path):
     assert done.returncode == 2 and "no CUDA GPU" in done.stderr and "--dry-run" in done.stderr
     summary = json.loads((tmp_path / "gpu_check-full-cuda.json").read_text())
     assert summary["status"] == "no-gpu" and all(s["status"] == "pending" for s in summary["steps"])
+
+
+def test_setup_installs_only_the_missing_pins_into_a_venv_that_sees_the_machines_torch(monkeypatch):
+    calls = []
+    probes = iter([{"torch": "2.11.0", "cuda_available": True, "venv": False, "missing": ["nbval", "peft", "triton"]},
+                   {"torch": "2.11.0", "cuda_available": True, "venv": True, "missing": []}])
+    monkeypatch.setattr(gpu_check, "_probe", lambda python: next(probes))
+    monkeypatch.setattr(gpu_check, "_run_logged", lambda facts, cmd, timeout: calls.append(cmd))
+    monkeypatch.setattr(gpu_check.Path, "exists", lambda self: "gpu-venv" in str(self))  # no .venv; the venv "exists"
+    args = gpu_check.argparse.Namespace(python=None, dry_run=False, skip_install=False)
+    python, facts = gpu_check.setup(args, time.monotonic() + 600)
+    assert python.endswith("_build/gpu-venv/bin/python") and facts["probe"]["missing"] == []
+    pip = calls[-1]
+    assert pip[:4] == [python, "-m", "pip", "install"] and {gpu_check._pins()["nbval"], gpu_check._pins()["peft"]} <= set(pip)
+    assert not any(a.startswith(("torch", "triton")) for a in pip)  # the machine's own torch and triton are kept
