@@ -39,7 +39,7 @@ from minillm.quant.packing import PackedWeight, pack_cols, pack_rows
 
 NAME = "ch05_quant_matmul_gpu"
 SHAPES = [(4096, 11008), (4096, 4096), (11008, 4096)]  # (K, N) = (in, out); the first is the headline
-DRY_SHAPES = [(256, 384)]  # K = 2 groups, N = 3 column tiles
+DRY_SHAPES = [(256, 256)]  # K = 2 groups, N = 2 column tiles: the interpreter is slow
 ROWS = (1, 16)
 BITS = (4, 3, 2)
 GROUPSIZE = 128

@@ -124,18 +124,21 @@ def plan(dry: bool, python: str, out_dir: Path, label: str) -> list[Step]:
     return steps
 
 
-def _probe(python: str) -> dict:
-    """What the interpreter can import, and the device it sees (run in a child: a broken torch cannot hang us)."""
+def _probe(python: str, gpu: bool = True) -> dict:
+    """What the interpreter can import, and (``gpu``) the device torch sees — in a child: a broken torch cannot hang
+    us. The dry run skips importing torch (seconds on a loaded CPU) and reads its version from the metadata."""
     code = ("import importlib.util, importlib.metadata as md, json, platform, sys\n"
             "out = {'python': platform.python_version(), 'missing': [], 'venv': sys.prefix != sys.base_prefix}\n"
             f"for m, dist in {sorted({**NEEDED, 'triton': 'triton'}.items())!r}:\n"
             "    if importlib.util.find_spec(m) is None:\n        out['missing'].append(m)\n"
             "    else:\n        try:\n            out[m] = md.version(dist)\n"
             "        except Exception:\n            out[m] = '?'\n"
-            "try:\n    import torch\n    out['torch'] = torch.__version__; out['cuda'] = torch.version.cuda\n"
+            f"if not {gpu!r} and importlib.util.find_spec('torch'):\n    out['torch'] = md.version('torch')\n"
+            f"elif {gpu!r}:\n  try:\n    import torch\n    out['torch'] = torch.__version__; out['cuda'] = torch.version.cuda\n"
             "    out['cuda_available'] = torch.cuda.is_available()\n"
             "    if out['cuda_available']:\n        out['device_name'] = torch.cuda.get_device_name(0)\n"
-            "except Exception as e:\n    out['torch_error'] = repr(e)\n"
+            "  except Exception as e:\n    out['torch_error'] = repr(e)\n"
+            "else:\n    out['torch_error'] = 'torch is not installed'\n"
             "print(json.dumps(out))\n")
     try:
         done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
@@ -160,7 +163,7 @@ def setup(args, deadline: float) -> tuple[str, dict]:
     facts: dict = {"install": []}
     seen = []
     for python in candidates:  # the first that has torch (and, for the real check, sees the GPU)
-        probe = _probe(python)
+        probe = _probe(python, gpu=not args.dry_run)
         seen.append((python, probe))
         if "torch" in probe and (args.dry_run or probe.get("cuda_available")):
             break
@@ -182,7 +185,7 @@ def setup(args, deadline: float) -> tuple[str, dict]:
         budget = max(10.0, min(180.0, deadline - time.monotonic() - 60))
         _run_logged(facts, [target, "-m", "pip", "install", "--disable-pip-version-check", "-q", "--retries", "1",
                             "--timeout", "15", *reqs], budget)
-        after = _probe(target)
+        after = _probe(target, gpu=not args.dry_run)
         if "torch" in after:
             python, facts["python"], facts["probe"] = target, target, after
     return python, facts

@@ -53,11 +53,8 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # read once: @triton.ji
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """One launch configuration: tile sizes, K split and warps (``block_m`` is used for M > 1 only).
-
-    ``pregather``: permute ``x`` into kernel-row order with one ``index_select`` before the launch, instead of
-    gathering it inside the kernel (fewer instructions per weight, one more small kernel).
-    """
+    """Tile sizes, K split, warps (``block_m``: M > 1 only); ``pregather``: permute x with one ``index_select``
+    before the launch instead of gathering it in the kernel (fewer instructions per weight, one more kernel)."""
 
     block_n: int
     block_k: int
@@ -231,15 +228,11 @@ def _pick_block_k(block_k: int, group_rows: int) -> int:
 def default_config(M: int, w: KernelWeight, device: torch.device) -> KernelConfig:
     """A reasonable launch without a sweep: enough programs to fill the GPU at M = 1 (a guess until measured)."""
     if M == 1:
-        cfg = KernelConfig(128, 128, 1, 4)
-        if device.type == "cuda":
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-            n_tiles = triton.cdiv(w.out_features, cfg.block_n)
-            split = 1
-            while split < 8 and n_tiles * split < 2 * sms:
-                split *= 2
-            cfg = KernelConfig(cfg.block_n, cfg.block_k, split, cfg.num_warps)
-        return cfg
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        split = 1
+        while split < 8 and triton.cdiv(w.out_features, 128) * split < 2 * sms:
+            split *= 2
+        return KernelConfig(128, 128, split, 4)
     return KernelConfig(128 if w.out_features >= 4096 else 64, 128, 1, 4, 16 if M <= 16 else (32 if M <= 32 else 64))
 
 
@@ -251,14 +244,12 @@ def quant_matmul(x: torch.Tensor, w: PackedWeight | KernelWeight, block_n: int |
     Pass ``w.for_kernel()`` (a :class:`KernelWeight`, prepared once) on a hot path; a :class:`PackedWeight` is
     regrouped on every call. Launch settings: ``config``, or the single keywords, else :func:`default_config`.
 
-    Raises:
-        ImportError: Triton is not installed (``pip install triton==3.7.1``, Linux), use :func:`quant_matmul_torch`.
-        RuntimeError: CPU tensors without ``TRITON_INTERPRET=1`` set before import.
-        ValueError / TypeError: shape, dtype or device mismatch, bad launch settings.
+    Raises ImportError without Triton, RuntimeError on a CPU without ``TRITON_INTERPRET=1`` set before import,
+    ValueError / TypeError on a shape, dtype or device mismatch or bad launch settings.
     """
     if triton is None:
-        raise ImportError("quant_matmul needs Triton: `pip install triton==3.7.1` (Linux only); "
-                          "or call minillm.quant.triton_matmul.quant_matmul_torch, the pure-torch fallback")
+        raise ImportError("quant_matmul needs Triton: `pip install triton==3.7.1` (Linux only); or call "
+                          "minillm.quant.triton_matmul.quant_matmul_torch, the pure-torch fallback")
     if isinstance(w, PackedWeight):
         w = w.for_kernel()
     if not isinstance(w, KernelWeight):
@@ -275,6 +266,8 @@ def quant_matmul(x: torch.Tensor, w: PackedWeight | KernelWeight, block_n: int |
         raise TypeError(f"x must be float16, bfloat16 or float32, got {x.dtype}; convert it with x.to(torch.float16)")
     x2 = x.reshape(-1, K).contiguous()  # (M, K)
     M = x2.shape[0]
+    if M == 0:
+        return x.new_zeros(*x.shape[:-1], N)
     cfg = config or default_config(M, w, x.device)
     bn, bk = block_n or cfg.block_n, _pick_block_k(block_k or cfg.block_k, w.group_rows)
     sk, bm, nw = split_k or cfg.split_k, block_m or cfg.block_m, num_warps or cfg.num_warps

@@ -195,7 +195,7 @@ def test_gpu_benchmark_dry_run_checks_every_width_and_records_each_config(tmp_pa
     path = bench.main(["--dry-run", "--out", str(tmp_path / "q.json")])
     data = json.loads(path.read_text())
     assert data["dry_run"] and data["machine"]["device_type"] == "cpu" and data["device_facts"]["triton"]
-    assert [(r["K"], r["N"], r["M"]) for r in data["rows"]] == [(256, 384, 1), (256, 384, 16)]
+    assert [(r["K"], r["N"], r["M"]) for r in data["rows"]] == [(256, 256, 1), (256, 256, 16)]
     tm = triton_matmul()
     for r in data["rows"]:
         configs = tm.GEMV_CONFIGS if r["M"] == 1 else tm.GEMM_CONFIGS
