@@ -21,6 +21,7 @@ Defined in chapter 5.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal
 
@@ -29,9 +30,9 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from minillm.core.evaluation import eval_mode
-from minillm.quant.gptq import gptq_quantize
+from minillm.quant.gptq import DampingRetryWarning, gptq_quantize
 from minillm.quant.hessian import HessianAccumulator, layer_error
-from minillm.quant.quantizer import QuantGrid
+from minillm.quant.quantizer import SUPPORTED_BITS, QuantGrid, group_index
 from minillm.quant.rtn import rtn_quantize
 
 
@@ -46,6 +47,19 @@ class QuantConfig:
     blocksize: int = 128
     percdamp: float = 0.01
     calib_sequences: int = 128
+
+    def __post_init__(self):
+        if self.method not in ("rtn", "gptq"):
+            raise ValueError(f"unknown method {self.method!r}; use 'rtn' or 'gptq'")
+        if self.bits not in SUPPORTED_BITS:
+            raise ValueError(f"bits={self.bits} is not supported; choose one of {SUPPORTED_BITS}")
+        if self.groupsize != -1 and self.groupsize <= 0:
+            raise ValueError(f"groupsize={self.groupsize}: use -1 (per channel) or a positive divisor of in_features")
+        if self.blocksize <= 0 or self.calib_sequences <= 0:
+            raise ValueError(f"blocksize ({self.blocksize}) and calib_sequences ({self.calib_sequences}) must be "
+                             "positive")
+        if not 0 <= self.percdamp < 100:
+            raise ValueError(f"percdamp={self.percdamp} must be in [0, 100) (a share of mean(diag H); 0.01 is usual)")
 
     def label(self) -> str:
         group = "" if self.groupsize == -1 else f" g{self.groupsize}"
@@ -65,6 +79,12 @@ class QuantReport:
     errors: dict[str, float] = field(default_factory=dict)  # tr((W-Q)H(W-Q)^T) per linear
     grids: dict[str, QuantGrid] = field(default_factory=dict)
     seconds: float = 0.0  # wall time of the quantization solves (Hessian collection excluded)
+    retries: dict[str, str] = field(default_factory=dict)  # layers that needed more damping: the warning
+
+    def __post_init__(self):
+        if not isinstance(self.config, QuantConfig):
+            raise TypeError(f"QuantReport needs the QuantConfig it reports on, got {type(self.config).__name__}; "
+                            "build one with QuantConfig(...) (quantize_model makes its report itself)")
 
 
 class _StopForward(Exception):
@@ -121,6 +141,8 @@ def quantize_model(model: nn.Module, blocks: nn.ModuleList, batches: Iterable, c
     if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
         raise TypeError("blocks must be the model's non-empty nn.ModuleList of transformer blocks "
                         "(e.g. gpt.blocks, or bert.encoder.layer)")
+    if not isinstance(cfg, QuantConfig):
+        raise TypeError(f"cfg must be a QuantConfig, got {type(cfg).__name__}; e.g. QuantConfig(bits=4, groupsize=-1)")
     with eval_mode(model):
         return _quantize_blocks(model, blocks, batches, cfg, forward, progress)
 
@@ -129,6 +151,9 @@ def _quantize_blocks(model: nn.Module, blocks: nn.ModuleList, batches: Iterable,
                      forward: Callable[[nn.Module, object], object], progress: bool) -> QuantReport:
     report = QuantReport(cfg)
     inputs = capture_block_inputs(model, blocks[0], batches, forward)
+    if not inputs:
+        raise ValueError("no calibration batch reached the first block: pass a non-empty list of batches, and a "
+                         "forward(model, batch) that runs the model on one")
     for b, block in enumerate(tqdm(blocks, desc=f"quantizing ({cfg.label()})", disable=not progress)):
         layers = linear_layers(block)
         hooks = {name: HessianAccumulator.attach(layer) for name, layer in layers.items()}
@@ -139,15 +164,22 @@ def _quantize_blocks(model: nn.Module, blocks: nn.ModuleList, batches: Iterable,
         for name, layer in layers.items():
             W, H = layer.weight.data, hooks[name][0].H
             t0 = time.perf_counter()
+            key = f"{b}.{name}"
             if cfg.method == "gptq":
-                Q, grid = gptq_quantize(W, H, cfg.bits, cfg.groupsize, cfg.actorder, cfg.blocksize, cfg.percdamp,
-                                        cfg.sym, cfg.static_groups)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", DampingRetryWarning)
+                    Q, grid = gptq_quantize(W, H, cfg.bits, cfg.groupsize, cfg.actorder, cfg.blocksize,
+                                            cfg.percdamp, cfg.sym, cfg.static_groups)
+                for w in caught:
+                    if issubclass(w.category, DampingRetryWarning):
+                        report.retries[key] = str(w.message)
+                        w = warnings.WarningMessage(f"{key}: {w.message}", w.category, w.filename, w.lineno)
+                    warnings.warn(w.message, w.category, stacklevel=3)
             elif cfg.method == "rtn":
                 Q, grid = rtn_quantize(W, cfg.bits, cfg.groupsize, cfg.sym)
             else:
                 raise ValueError(f"unknown method {cfg.method!r}; use 'rtn' or 'gptq'")
             report.seconds += time.perf_counter() - t0
-            key = f"{b}.{name}"
             report.errors[key] = layer_error(W.float(), Q, H)
             report.grids[key] = grid
             layer.weight.data = Q.to(W.dtype)

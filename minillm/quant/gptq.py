@@ -27,15 +27,24 @@ Defined in chapter 5.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import torch
 
 from minillm.quant.hessian import NotPositiveDefiniteError, damped_cholesky, inverse_hessian, prepare_hessian
-from minillm.quant.quantizer import QuantGrid, fake_quantize, find_params, grid_from_weight, group_index
+from minillm.quant.quantizer import QuantGrid, check_weight, fake_quantize, find_params, grid_from_weight, group_index, max_code
+
+#: How often :func:`gptq_quantize` retries with ten times more damping when the Cholesky factorization fails.
+DAMPING_RETRIES = 3
 
 
-def _check_options(K: int, groupsize: int, blocksize: int) -> None:
+class DampingRetryWarning(UserWarning):
+    """The Hessian needed more damping than asked for; the layer was quantized with the damping named."""
+
+
+def _check_options(K: int, groupsize: int, blocksize: int, bits: int) -> None:
+    max_code(bits)
     group_index(K, groupsize)  # validates groupsize
     if blocksize <= 0:
         raise ValueError(f"blocksize must be positive, got {blocksize}")
@@ -78,7 +87,7 @@ def _grid(scales: list, zeros: list, perm: torch.Tensor, K: int, groupsize: int,
 @torch.no_grad()
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, groupsize: int = -1, actorder: bool = False,
                   blocksize: int = 128, percdamp: float = 0.01, sym: bool = False,
-                  static_groups: bool = False) -> tuple[torch.Tensor, QuantGrid]:
+                  static_groups: bool = False, retries: int = DAMPING_RETRIES) -> tuple[torch.Tensor, QuantGrid]:
     """Quantize ``W`` (N, K) = (out_features, in_features) given its Hessian ``H`` (K, K).
 
     Returns:
@@ -87,13 +96,34 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, groupsize: in
         (G = 1 per channel, else K / groupsize), and ``g_idx`` (K,) the group of every input column, so that
         ``grid.dequantize(grid.codes(Q))`` reproduces ``Q``.
 
+    When the damped Hessian has no Cholesky factor, the layer is quantized again with ten times more damping
+    (at least 0.1, 1, 10 × mean(diag H)), at most ``retries`` times, and a :class:`DampingRetryWarning` names the
+    damping that worked.
+
     Raises:
-        NotPositiveDefiniteError: the damped Hessian has no Cholesky factor (raise ``percdamp`` or add data).
-        ValueError: wrong shapes, or incompatible ``groupsize``/``blocksize``.
+        NotPositiveDefiniteError: no damping tried has a Cholesky factor (raise ``percdamp`` or add data).
+        ValueError: wrong shapes, non-finite values, or incompatible ``groupsize``/``blocksize``.
     """
+    check_weight(W)
+    damping = percdamp
+    for attempt in range(retries + 1):
+        try:
+            return _gptq(W, H, bits, groupsize, actorder, blocksize, damping, sym, static_groups)
+        except NotPositiveDefiniteError as err:
+            if attempt == retries or not torch.isfinite(H).all():
+                raise NotPositiveDefiniteError(f"{err} (tried percdamp up to {damping:g})") from None
+            damping = max(damping, 0.01) * 10
+            warnings.warn(f"the Hessian of a {tuple(W.shape)} layer has no Cholesky factor at percdamp={percdamp:g}; "
+                          f"retrying with percdamp={damping:g} (calibrate with more tokens to avoid this)",
+                          DampingRetryWarning, stacklevel=2)
+    raise AssertionError("unreachable")
+
+
+def _gptq(W: torch.Tensor, H: torch.Tensor, bits: int, groupsize: int, actorder: bool, blocksize: int,
+          percdamp: float, sym: bool, static_groups: bool) -> tuple[torch.Tensor, QuantGrid]:
     W, H = prepare_hessian(W, H, percdamp)  # (N, K), (K, K) damped, dead columns fixed
     N, K = W.shape
-    _check_options(K, groupsize, blocksize)
+    _check_options(K, groupsize, blocksize, bits)
     static = grid_from_weight(W, bits, groupsize, sym) if (static_groups and groupsize != -1) else None
     perm = _order(H, actorder)
     W, H = W[:, perm], H[perm][:, perm]
@@ -142,9 +172,10 @@ def gptq_reference(W: torch.Tensor, H: torch.Tensor, bits: int = 4, groupsize: i
     Same return as :func:`gptq_quantize`. Cost: K rank-1 updates of W and of ``H⁻¹`` — O(K²(N + K)) memory
     traffic with no matrix-matrix products, and the downdates accumulate rounding error.
     """
+    check_weight(W)
     W, H = prepare_hessian(W, H, percdamp)
     N, K = W.shape
-    _check_options(K, groupsize, K)
+    _check_options(K, groupsize, K, bits)
     perm = _order(H, actorder)
     W, H = W[:, perm], H[perm][:, perm]
     Hinv = inverse_hessian(H, percdamp)  # (K, K), downdated in place

@@ -36,6 +36,9 @@ class HessianAccumulator:
     """
 
     def __init__(self, in_features: int, device: torch.device | str = "cpu"):
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"in_features must be a positive int (the layer's input width), got {in_features!r}; "
+                             "use HessianAccumulator.attach(layer) to read it from an nn.Linear")
         self.H = torch.zeros(in_features, in_features, device=device)  # (K, K)
         self.n = 0
 
@@ -45,6 +48,9 @@ class HessianAccumulator:
         if x.shape[-1] != K:
             raise ValueError(f"inputs have {x.shape[-1]} features but the accumulator expects K={K}")
         x = x.detach().reshape(-1, K).float()  # (n_new, K)
+        if not torch.isfinite(x).all():
+            raise ValueError("the calibration inputs contain NaN or inf: the model overflowed on them; run "
+                             "calibration in float32 (model.float()) and check the batches")
         n_new = x.shape[0]
         self.H *= self.n / (self.n + n_new)  # re-weight the old mean before adding new samples
         self.n += n_new
@@ -67,9 +73,10 @@ class HessianAccumulator:
 
 def layer_error(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> float:
     """The objective ``tr((W − Q) H (W − Q)ᵀ)`` for W, Q (N, K) and H (K, K)."""
-    if W.shape != Q.shape or H.shape != (W.shape[1], W.shape[1]):
+    if W.dim() != 2 or W.shape != Q.shape or H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"need W and Q of one shape (N, K) and H (K, K); got {tuple(W.shape)}, "
-                         f"{tuple(Q.shape)}, {tuple(H.shape)}")
+                         f"{tuple(Q.shape)}, {tuple(H.shape)}: pass the layer's weight, its quantized copy and "
+                         "the Hessian of its inputs")
     D = (W - Q).double()  # float64: the trace sums many small terms
     return float(((D @ H.double()) * D).sum())
 
@@ -80,9 +87,15 @@ def prepare_hessian(W: torch.Tensor, H: torch.Tensor, percdamp: float = 0.01) ->
     A dead column (H_kk = 0: the input is always zero) gets H_kk = 1 and weight 0 — any value is
     exact there, and the 1 keeps H invertible. Damping adds ``percdamp · mean(diag H)`` to the diagonal.
     """
+    if not isinstance(H, torch.Tensor) or not H.is_floating_point():
+        raise TypeError(f"H must be a floating (K, K) torch.Tensor, got {getattr(H, 'dtype', type(H).__name__)}; "
+                        "collect it with HessianAccumulator")
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"H must be (K, K) for a weight of shape (N, K) = {tuple(W.shape)}; got {tuple(H.shape)}. "
                          "Collect H from the inputs of this very layer (HessianAccumulator).")
+    if not torch.isfinite(W).all():
+        raise ValueError("the weight contains NaN or inf: no grid can hold them; fix the model (reload the "
+                         "checkpoint) before quantizing")
     if not torch.isfinite(H).all():
         raise NotPositiveDefiniteError("the Hessian contains NaN or inf: the calibration inputs overflowed; "
                                        "run calibration in float32 and check the inputs")

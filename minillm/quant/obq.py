@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from minillm.quant.hessian import inverse_hessian, prepare_hessian
-from minillm.quant.quantizer import QuantGrid, fake_quantize, find_params
+from minillm.quant.quantizer import QuantGrid, check_weight, fake_quantize, find_params, max_code
 
 
 @torch.no_grad()
@@ -41,6 +41,8 @@ def obq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, sym: bool = Fa
     """
     if order not in ("greedy", "sequential"):
         raise ValueError(f"order must be 'greedy' or 'sequential', got {order!r}")
+    check_weight(W)
+    max_code(bits)
     W, H = prepare_hessian(W, H, percdamp)  # (N, K), (K, K)
     N, K = W.shape
     scale, zero = find_params(W, bits, sym)  # (N,) each: the grid is fixed before any update

@@ -34,14 +34,30 @@ def max_code(bits: int) -> int:
     return 2**bits - 1
 
 
+def check_weight(W: torch.Tensor, what: str = "the weight") -> None:
+    """Refuse what no grid can hold: a non-tensor, not 2-D (out, in), not floating, empty, NaN or inf."""
+    if not isinstance(W, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor of shape (out_features, in_features), got {type(W).__name__}; "
+                        "pass layer.weight.data")
+    if W.dim() != 2 or W.numel() == 0:
+        raise ValueError(f"{what} must be a non-empty 2-D (out_features, in_features) tensor, got shape "
+                         f"{tuple(W.shape)}; pass an nn.Linear's weight (reshape a conv kernel to (out, -1) first)")
+    if not W.is_floating_point():
+        raise TypeError(f"{what} must be a floating tensor, got {W.dtype}; convert it with .float()")
+    if not torch.isfinite(W).all():
+        raise ValueError(f"{what} contains NaN or inf ({int((~torch.isfinite(W)).sum())} entries): no grid can "
+                         "hold them; fix the model (reload the checkpoint) before quantizing")
+
+
 def find_params(w: torch.Tensor, bits: int, sym: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max scale and zero point for each row of ``w`` (rows, cols) -> scale (rows,), zero (rows,).
 
     The range always contains 0 (so a zero weight stays exactly zero); an all-zero row gets the
-    range [-1, 1] instead of a zero scale.
+    range [-1, 1] instead of a zero scale. With ``sym=True``, s = 2·max|w|/(2^b - 1) and z = 2^(b-1), so the
+    codes reach s·(q - z) from -2^b/(2^b - 1)·max|w| to (2^b - 2)/(2^b - 1)·max|w|: the positive end stops at
+    14/15 ≈ 0.93 of max|w| at 4 bits, and a largest positive weight is clipped.
     """
-    if w.dim() != 2:
-        raise ValueError(f"find_params expects a 2-D (rows, cols) weight, got shape {tuple(w.shape)}")
+    check_weight(w, "find_params' input")
     maxq = max_code(bits)
     w = w.float()
     xmin = w.min(dim=1).values.clamp(max=0)  # (rows,)
@@ -91,9 +107,13 @@ class QuantGrid:
 
     def __post_init__(self):
         if self.scale.shape != self.zero.shape or self.scale.dim() != 2:
-            raise ValueError(f"scale and zero must both be (G, N), got {tuple(self.scale.shape)} and {tuple(self.zero.shape)}")
+            raise ValueError(f"scale and zero must both be (G, N), got {tuple(self.scale.shape)} and "
+                             f"{tuple(self.zero.shape)}; build the grid with grid_from_weight")
         if self.g_idx.dim() != 1 or (self.g_idx.numel() and int(self.g_idx.max()) >= self.scale.shape[0]):
             raise ValueError("g_idx must be a (K,) vector of group indices smaller than G")
+        max_code(self.bits)
+        if not torch.isfinite(self.scale).all() or bool((self.scale <= 0).any()):
+            raise ValueError("scale must be finite and positive: the grid is corrupt; rebuild it with grid_from_weight")
 
     @property
     def num_groups(self) -> int:
@@ -125,8 +145,8 @@ def group_index(columns: int, groupsize: int, device: torch.device | str = "cpu"
 
 def grid_from_weight(W: torch.Tensor, bits: int, groupsize: int = -1, sym: bool = False) -> QuantGrid:
     """Min-max grid of ``W`` (N, K): per output channel, or per channel and group of input columns."""
-    if W.dim() != 2:
-        raise ValueError(f"expected a (out_features, in_features) weight, got shape {tuple(W.shape)}")
+    check_weight(W)
+    max_code(bits)
     g_idx = group_index(W.shape[1], groupsize, W.device)
     size = W.shape[1] if groupsize == -1 else groupsize
     params = [find_params(W[:, g * size:(g + 1) * size], bits, sym) for g in range(int(g_idx.max()) + 1)]

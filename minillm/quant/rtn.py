@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import torch
 
-from minillm.quant.quantizer import QuantGrid, grid_from_weight
+from minillm.quant.quantizer import QuantGrid, check_weight, grid_from_weight
 
 
 def rtn_quantize(W: torch.Tensor, bits: int = 4, groupsize: int = -1, sym: bool = False) -> tuple[torch.Tensor, QuantGrid]:
     """Round ``W`` (N, K) to nearest on its min-max grid -> (dequantized weight (N, K) float32, grid)."""
+    check_weight(W)
     W = W.detach().float()
     grid = grid_from_weight(W, bits, groupsize, sym)
     return grid.dequantize(grid.codes(W)), grid
