@@ -21,12 +21,14 @@ $(STAMP): requirements.txt requirements-nodeps.txt constraints.txt pyproject.tom
 book: venv
 	$(BIN)/jupyter-book build --all -W -n --keep-going .
 
-## Unit tests, exercise sync, every notebook under nbval, and the built site in headless Chromium.
+## Unit tests, exercise sync, every notebook under nbval, the built site in headless Chromium, then the
+## full-profile smoke run of every chapter (see `smoke`).
 test: venv browser
 	$(BIN)/python scripts/make_exercises.py --check
 	$(BIN)/python scripts/clean_outputs.py --check
 	$(BIN)/python scripts/notebook_pairs.py --check --report
 	$(BIN)/python -m pytest $(NBVAL) tests book solutions
+	$(MAKE) --no-print-directory smoke
 
 ## The full profile end to end on this CPU: full-size models and code paths, loops and data capped (MINILLM_SMOKE).
 smoke: venv
