@@ -14,7 +14,7 @@ its linears are stored Q4_1 and dequantized to float32 on load. Runs, in order o
 Writes ``studies/results/ch05_smollm2-<profile>-<device>.json`` after every run (``--resume`` keeps them), with the
 per-window NLLs, wall and CPU seconds, and how well two grids reproduce the stored Q4_1 weights.
 
-    .venv/bin/python studies/ch05_smollm2.py            # ~30-40 min of CPU at 1 thread on an idle machine
+    .venv/bin/python studies/ch05_smollm2.py            # ~15-20 min of CPU at 1 thread on an idle machine
     .venv/bin/python studies/ch05_smollm2.py --quick    # a random 2-layer Llama over bytes: the pipeline only
 """
 
@@ -71,8 +71,8 @@ def _quick_model():
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--calib-windows", type=int, default=64)
-    parser.add_argument("--eval-windows", type=int, default=40)
+    parser.add_argument("--calib-windows", type=int, default=32)
+    parser.add_argument("--eval-windows", type=int, default=20)
     parser.add_argument("--ctx", type=int, default=CTX)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs of the plan")
