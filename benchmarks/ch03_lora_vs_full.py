@@ -3,11 +3,14 @@
 For each method, in a fresh process (so one method's memory cannot hide in the other's peak):
 trainable parameters, training-step throughput (examples/s and tokens/s, median of timed steps), peak memory
 (CUDA: ``max_memory_allocated``; CPU: the process's peak resident set minus its resident set before the
-first step), the exact bytes of weights + gradients + AdamW state, and the checkpoint each method has to
-store (the whole model versus the adapter file), measured on disk. Then inference latency of the base model,
-the unmerged LoRA model and the merged one.
+first step — the weights were resident before, so this growth is to be compared with the *rest* of the
+training state, gradients + AdamW moments, plus the activations), the exact bytes of weights + gradients +
+AdamW state, the activations autograd saves for one step (exact, ``saved_activation_bytes``; LoRA with and
+without its dropout), and the checkpoint each method has to store (the whole model versus the adapter file),
+measured on disk. Then inference latency of the base model, the unmerged LoRA model and the merged one,
+timed in turn round after round (``interleaved_timings``), so load from other processes hits all three alike.
 
-Writes benchmarks/results/lora-<profile>-<device>.json. Run:
+Writes benchmarks/results/ch03_lora_vs_full-<profile>-<device>.json. Run:
 
     python benchmarks/ch03_lora_vs_full.py                     # profile from MINILLM_PROFILE (tiny by default)
     MINILLM_PROFILE=full python benchmarks/ch03_lora_vs_full.py --device cuda
@@ -16,6 +19,8 @@ Writes benchmarks/results/lora-<profile>-<device>.json. Run:
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import resource
 import subprocess
@@ -26,8 +31,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 
-from minillm.core.bench import results_path, time_call, write_results
-from minillm.core.memory import training_state_bytes
+from minillm.core.bench import interleaved_timings, results_path, time_call, write_results
+from minillm.core.memory import saved_activation_bytes, training_state_bytes
 from minillm.core.training import make_adamw
 from minillm.lora import LORA_RECIPE, inject_lora, merge_lora, save_adapter, trainable_report
 from minillm.pretrained import load_minilm_classifier
@@ -103,10 +108,30 @@ def measure(method: str, device: torch.device, batch_size: int, seq_len: int, st
         peak_kind = "peak resident set during the steps minus resident set before the first step" + (
             "" if peak_was_reset else " (peak not reset: includes loading the model)")
     report = trainable_report(model)
+    state = training_state_bytes(model, optimizer).as_dict()
+    activations = saved_activation_bytes(model, lambda: model(**batch).loss)
     return {"method": method, "trainable_params": report.trainable, "total_params": report.total,
             "examples_per_s": batch_size / timing["median_s"], "tokens_per_s": batch_size * seq_len / timing["median_s"],
             "step_timing": timing, "peak_memory_bytes": peak, "memory_before_bytes": before,
-            "peak_memory_kind": peak_kind, "training_state_bytes": training_state_bytes(model, optimizer).as_dict()}
+            "peak_memory_kind": peak_kind, "training_state_bytes": state,
+            "state_beyond_weights_bytes": state["gradients"] + state["optimizer"],
+            "saved_activation_bytes": activations}
+
+
+def activation_bytes_by_dropout(batch_size: int, seq_len: int) -> dict:
+    """Exact activation bytes of one LoRA training step with the recipe's adapter dropout and without it."""
+    out = {}
+    for dropout in (LORA_RECIPE.dropout, 0.0):
+        model, tokenizer = load_minilm_classifier(seed=0)
+        inject_lora(model, dataclasses.replace(LORA_RECIPE, dropout=dropout))
+        model.train()
+        batch = _batch(tokenizer, batch_size, seq_len, torch.device("cpu"))
+        out[f"lora_dropout_{dropout:g}"] = saved_activation_bytes(model, lambda: model(**batch).loss)
+    model, tokenizer = load_minilm_classifier(seed=0)
+    model.train()
+    out["full"] = saved_activation_bytes(model, lambda: model(**_batch(tokenizer, batch_size, seq_len,
+                                                                        torch.device("cpu"))).loss)
+    return out
 
 
 def checkpoint_sizes(folder: Path) -> dict:
@@ -120,24 +145,25 @@ def checkpoint_sizes(folder: Path) -> dict:
             "adapter_fraction": adapter.stat().st_size / full.stat().st_size}
 
 
-def inference_latency(device: torch.device, batch_size: int, seq_len: int, repeats: int) -> dict:
-    """Forward time of the base model, LoRA unmerged (two extra small matmuls per layer) and merged."""
-    model, tokenizer = load_minilm_classifier(seed=0)
-    model.to(device).eval()
+def inference_latency(device: torch.device, batch_size: int, seq_len: int, rounds: int) -> dict:
+    """Forward time of the base model, LoRA unmerged (two extra small matmuls per layer) and merged, interleaved."""
+    base, tokenizer = load_minilm_classifier(seed=0)
+    base.to(device).eval()
+    unmerged = copy.deepcopy(base)
+    inject_lora(unmerged, LORA_RECIPE)
+    merged = copy.deepcopy(unmerged)
+    merge_lora(merged, safe_merge=True)
     batch = _batch(tokenizer, batch_size, seq_len, device)
     batch.pop("labels")
 
-    def forward():
-        with torch.inference_mode():
-            model(**batch)
+    def forward(model):
+        def run():
+            with torch.inference_mode():
+                model(**batch)
+        return run
 
-    out = {"base": time_call(forward, device, repeats=repeats)}
-    inject_lora(model, LORA_RECIPE)
-    model.to(device).eval()
-    out["lora_unmerged"] = time_call(forward, device, repeats=repeats)
-    merge_lora(model)
-    out["lora_merged"] = time_call(forward, device, repeats=repeats)
-    return out
+    models = {"base": base, "lora_unmerged": unmerged.to(device).eval(), "lora_merged": merged.to(device).eval()}
+    return interleaved_timings({name: forward(m) for name, m in models.items()}, device, rounds=rounds)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -164,12 +190,14 @@ def main(argv: list[str] | None = None) -> Path:
               f"peak {methods[method]['peak_memory_bytes'] / 2**20:.0f} MiB")
     with tempfile.TemporaryDirectory() as tmp:
         sizes = checkpoint_sizes(Path(tmp))
-    latency = inference_latency(device, batch_size, seq_len, repeats=steps)
+    latency = inference_latency(device, batch_size, seq_len, rounds=4 * steps)
+    activations = activation_bytes_by_dropout(batch_size, seq_len)
     results = {"benchmark": "lora_vs_full", "profile": profile.name,
                "config": {"batch_size": batch_size, "seq_len": seq_len, "timed_steps": steps,
                           "lora": {"r": LORA_RECIPE.r, "alpha": LORA_RECIPE.alpha,
                                    "target_modules": "all-linear"}},
-               "methods": methods, "checkpoints": sizes, "inference": latency}
+               "methods": methods, "checkpoints": sizes, "inference": latency,
+               "activation_bytes": activations}
     path = write_results(results_path(NAME, profile.name, device), results, device)
     print(f"adapter file: {100 * sizes['adapter_fraction']:.2f}% of the full checkpoint; wrote {path}")
     return path

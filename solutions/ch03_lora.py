@@ -217,3 +217,50 @@ for r in (1, 4, 16):
     assert abs(err - S[r:].square().sum().sqrt()) < 1e-3 * S[0], "not the best rank-r approximation"
     print(f"rank {r:2d}: captures {100 * (1 - err.square() / S.square().sum()):.1f}% of the update's energy")
 print("Exercise 5: correct")
+
+
+# %% [markdown]
+# ## Exercise 6: one batch, a different adapter per row
+#
+# A server that keeps one base model and many task adapters receives batches that mix tasks. Write
+# `mixed_lora_forward(x, base, adapters, rows)`: `x` has shape $(B, T, d_{in})$, `base` is the frozen `nn.Linear`,
+# `adapters` maps a name to `(A, B, scaling)`, and `rows` gives one adapter name per row of the batch (`"__base__"`
+# for a row that should see the base model only). Row $i$ must come out as $W_0 x_i + s_a B_a A_a x_i$ for its own
+# adapter $a$. Run each adapter once, on its own rows only. The check compares with `minillm.lora.adapter_per_row`.
+
+# %%
+def mixed_lora_forward(x, base, adapters, rows):
+    # BEGIN SOLUTION
+    out = base(x)                                                    # (B, T, d_out)
+    for name, (A, B, scaling) in adapters.items():
+        idx = [i for i, row in enumerate(rows) if row == name]
+        if idx:
+            out[idx] = out[idx] + scaling * (x[idx] @ A.T @ B.T)
+    return out
+    # END SOLUTION
+
+
+# %%
+from minillm.lora import BASE_ROW, adapter_per_row
+
+torch.manual_seed(0)
+served = nn.Sequential(nn.Linear(16, 12))
+inject_lora(served, LoRAConfig(r=4, alpha=8, modules_to_save=()), "a")
+inject_lora(served, LoRAConfig(r=2, alpha=6, modules_to_save=()), "b")
+with torch.no_grad():
+    for name, p in served.named_parameters():
+        if "lora_" in name:
+            p.normal_(std=0.5)
+layer = served[0]
+adapters = {n: (layer.lora_A[n].weight, layer.lora_B[n].weight, layer.scaling[n]) for n in ("a", "b")}
+x = torch.randn(5, 3, 16)
+rows = ["b", BASE_ROW, "a", "b", "a"]
+with torch.no_grad():
+    ours = mixed_lora_forward(x, layer.base_layer, adapters, rows)
+    with adapter_per_row(served, rows):
+        expected = served(x)
+assert ours.shape == (5, 3, 12)
+assert (ours[1] - layer.base_layer(x[1])).abs().max() < 1e-6, "a '__base__' row must get no update"
+assert (ours - expected).abs().max() < 1e-5, "each row must use its own adapter"
+print("Exercise 6: correct")
+

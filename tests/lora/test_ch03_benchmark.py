@@ -1,4 +1,4 @@
-"""The LoRA benchmark's pieces run, meet the chapter's bars, and the committed CPU result fits the tiny config."""
+"""The LoRA benchmark's pieces run, give what the chapter reads, and the committed CPU result fits the tiny config."""
 
 import json
 from pathlib import Path
@@ -21,6 +21,8 @@ def test_measure_one_lora_step_reports_throughput_and_memory():
     assert result["trainable_params"] < 0.02 * result["total_params"]
     state = result["training_state_bytes"]
     assert state["optimizer"] == 2 * state["gradients"] > 0  # AdamW's real state after the timed steps
+    assert result["state_beyond_weights_bytes"] == state["gradients"] + state["optimizer"]
+    assert result["saved_activation_bytes"] > 0
     assert result["peak_memory_bytes"] >= 0
 
 
@@ -38,3 +40,10 @@ def test_committed_cpu_results_match_the_tiny_config():
     assert data["methods"]["lora"]["trainable_params"] < data["methods"]["full"]["trainable_params"] / 50
     assert data["checkpoints"]["adapter_fraction"] <= 0.02
     assert set(data["inference"]) == {"base", "lora_unmerged", "lora_merged"}
+    assert all(v["rounds"] >= 10 for v in data["inference"].values())  # interleaved, not one after the other
+    for name in ("full", "lora"):
+        m = data["methods"][name]
+        assert m["state_beyond_weights_bytes"] == m["training_state_bytes"]["gradients"] + m["training_state_bytes"]["optimizer"]
+        assert m["saved_activation_bytes"] > 0
+    act = data["activation_bytes"]
+    assert act["lora_dropout_0.1"] > act["lora_dropout_0"]  # the adapters' dropout keeps its own copies
