@@ -1,10 +1,11 @@
 r"""Experts: one MLP as makeMoE writes it, and E of them stored as stacked weights (``ExpertBank``).
 
-Each expert is the transformer's position-wise MLP,
+Each expert is the transformer's position-wise MLP with a nonlinearity :math:`\phi` (makeMoE: ReLU; chapter 1's
+GPT: GELU),
 
 .. math::
 
-    \mathrm{FFN}_e(x) = W^{(2)}_e\,\mathrm{ReLU}(W^{(1)}_e x + b^{(1)}_e) + b^{(2)}_e,
+    \mathrm{FFN}_e(x) = W^{(2)}_e\,\phi(W^{(1)}_e x + b^{(1)}_e) + b^{(2)}_e,
     \qquad W^{(1)}_e \in \mathbb{R}^{H \times C},\ W^{(2)}_e \in \mathbb{R}^{C \times H}.
 
 makeMoE keeps E separate ``Expert`` modules in an ``nn.ModuleList``. Production MoE code stores the same
@@ -20,24 +21,45 @@ Defined in chapter 2.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+ActivationName = Literal["relu", "gelu"]
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu}
+
+
+def activation_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The MLP nonlinearity called ``name``: ``"relu"`` (makeMoE) or ``"gelu"`` (chapter 1's GPT)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}; "
+                         "makeMoE uses 'relu', chapter 1's GPT 'gelu'")
+    return ACTIVATIONS[name]
+
+
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
 
 class Expert(nn.Module):
-    """One expert: the transformer MLP of makeMoE, C -> hidden -> ReLU -> C, then dropout."""
+    """One expert: the transformer MLP of makeMoE, C -> hidden -> activation -> C, then dropout."""
 
-    def __init__(self, n_embd: int, hidden: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(self, n_embd: int, hidden: int, dropout: float = 0.0, bias: bool = True,
+                 activation: ActivationName = "relu"):
         super().__init__()
+        _check_sizes(n_embd=n_embd, hidden=hidden)
+        self.act = activation_fn(activation)
+        self.activation = activation
         self.fc1 = nn.Linear(n_embd, hidden, bias=bias)
         self.fc2 = nn.Linear(hidden, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.fc2(F.relu(self.fc1(x))))  # (..., C)
+        return self.dropout(self.fc2(self.act(self.fc1(x))))  # (..., C)
 
 
 class _BankedExpert:
@@ -48,7 +70,7 @@ class _BankedExpert:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         b, e = self.bank, self.e
-        h = F.relu(F.linear(x, b.w1[e], b.b1[e]))  # (n, H)
+        h = b.act(F.linear(x, b.w1[e], b.b1[e]))  # (n, H)
         return b.dropout(F.linear(h, b.w2[e], b.b2[e]))  # (n, C)
 
 
@@ -60,16 +82,20 @@ class ExpertBank(nn.Module):
     ``nn.Linear`` (uniform in :math:`\pm 1/\sqrt{\text{fan\_in}}`), expert by expert.
     """
 
-    def __init__(self, n_experts: int, n_embd: int, hidden: int, dropout: float = 0.0):
+    def __init__(self, n_experts: int, n_embd: int, hidden: int, dropout: float = 0.0,
+                 activation: ActivationName = "relu"):
         super().__init__()
-        if n_experts < 1 or n_embd < 1 or hidden < 1:
-            raise ValueError(f"n_experts, n_embd and hidden must be >= 1, got {n_experts}, {n_embd}, {hidden}")
+        _check_sizes(n_experts=n_experts, n_embd=n_embd, hidden=hidden)
+        self.act = activation_fn(activation)
+        self.activation = activation
         self.n_experts, self.n_embd, self.hidden = n_experts, n_embd, hidden
         self.w1 = nn.Parameter(torch.empty(n_experts, hidden, n_embd))
         self.b1 = nn.Parameter(torch.empty(n_experts, hidden))
         self.w2 = nn.Parameter(torch.empty(n_experts, n_embd, hidden))
         self.b2 = nn.Parameter(torch.empty(n_experts, n_embd))
         self.dropout = nn.Dropout(dropout)
+        # expert ids 0..E-1, kept so that a dispatch does not build them at every call (moves with .to())
+        self.register_buffer("expert_ids", torch.arange(n_experts), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -89,8 +115,9 @@ class ExpertBank(nn.Module):
         return self.n_experts
 
     def __getitem__(self, e: int) -> _BankedExpert:
-        if not -self.n_experts <= e < self.n_experts:
-            raise IndexError(f"expert {e} out of range for a bank of {self.n_experts}")
+        if isinstance(e, bool) or not isinstance(e, int) or not -self.n_experts <= e < self.n_experts:
+            raise IndexError(f"expert {e!r} out of range for a bank of {self.n_experts}; "
+                             f"use an integer in [0, {self.n_experts})")
         return _BankedExpert(self, e % self.n_experts)
 
     def __iter__(self) -> Iterator[_BankedExpert]:
@@ -104,15 +131,25 @@ class ExpertBank(nn.Module):
     def forward(self, slots: torch.Tensor) -> torch.Tensor:
         """All experts at once on a padded buffer: slots (E, S, C) -> (E, S, C), two batched matmuls."""
         if slots.dim() != 3 or slots.size(0) != self.n_experts or slots.size(-1) != self.n_embd:
-            raise ValueError(f"expected slots of shape ({self.n_experts}, S, {self.n_embd}), got {tuple(slots.shape)}")
-        h = torch.baddbmm(self.b1.unsqueeze(1), slots, self.w1.transpose(1, 2)).relu_()  # (E, S, H)
-        return self.dropout(torch.baddbmm(self.b2.unsqueeze(1), h, self.w2.transpose(1, 2)))  # (E, S, C)
+            raise ValueError(f"expected slots of shape ({self.n_experts}, S, {self.n_embd}), got "
+                             f"{tuple(slots.shape)}; put expert e's tokens in row e (dispatch_batched does it)")
+        h = torch.baddbmm(self.b1.unsqueeze(1), slots, self.w1.transpose(1, 2))  # (E, S, H)
+        h = h.relu_() if self.activation == "relu" else self.act(h)
+        y = torch.baddbmm(self.b2.unsqueeze(1), h, self.w2.transpose(1, 2))  # (E, S, C)
+        return self.dropout(y) if self.dropout.p > 0 else y
 
     @classmethod
     def from_experts(cls, experts: "list[Expert] | nn.ModuleList") -> "ExpertBank":
         """Stack separate :class:`Expert` modules (e.g. makeMoE's) into a bank with equal outputs."""
+        if len(experts) == 0 or not all(isinstance(e, Expert) for e in experts):
+            raise TypeError("from_experts needs a non-empty list of Expert modules (each with fc1, fc2); got "
+                            f"{[type(e).__name__ for e in experts][:4]}; build them with Expert(n_embd, hidden)")
         first = experts[0]
-        bank = cls(len(experts), first.fc1.in_features, first.fc1.out_features, first.dropout.p)
+        if any(e.fc1.weight.shape != first.fc1.weight.shape or e.fc1.bias is None for e in experts):
+            raise ValueError("every expert must have the same shapes and biases to be stacked into one bank; "
+                             "build them all with the same Expert(n_embd, hidden, bias=True)")
+        bank = cls(len(experts), first.fc1.in_features, first.fc1.out_features, first.dropout.p,
+                   getattr(first, "activation", "relu"))
         bank.load_state_dict({f"{e}.{k}": v for e, ex in enumerate(experts) for k, v in ex.state_dict().items()})
         return bank.to(first.fc1.weight.device, first.fc1.weight.dtype)
 

@@ -97,7 +97,7 @@ def test_noise_scale_is_learned_through_softplus():
 def test_router_rejects_bad_arguments():
     with pytest.raises(ValueError, match="top_k"):
         TopkRouter(C, E, E + 1)
-    with pytest.raises(ValueError, match=r"\(N, C\)"):
+    with pytest.raises(ValueError, match=r"flattened tokens \(N, 16\)"):
         TopkRouter(C, E, K)(torch.randn(2, 3, C))
 
 
@@ -208,7 +208,7 @@ def test_dispatch_rejects_bad_input():
     experts = make_experts()
     x = torch.randn(4, C)
     gates = torch.ones(4, K) / K
-    with pytest.raises(ValueError, match=r"\(N, C\)"):
+    with pytest.raises(ValueError, match=r"flattened float tokens of shape \(N, C\)"):
         dispatch_sorted(x.view(2, 2, C), experts, torch.zeros(4, K, dtype=torch.long), gates)
     with pytest.raises(ValueError, match="expert_idx must lie"):
         dispatch_sorted(x, experts, torch.full((4, K), E), gates)
