@@ -22,7 +22,7 @@ from minillm.prune.reparam import (add_branches, add_identity_conv, add_identity
                                    merge_kxk_1x1, merge_linears)
 from minillm.prune.search import SearchConfig, SearchResult, all_masks, exhaustive_search, genetic_search
 from minillm.prune.study import (SubnetStudyConfig, assert_fitness_predicts_finetuning,
-                                 assert_search_pick_beats_average, run_subnet_study, spearman, study_seed,
+                                 assert_progressive_beats_direct, assert_search_pick_beats_average, run_subnet_study, spearman, study_seed,
                                  summarise_subnet_study)
 from minillm.prune.supernet import sandwich_subnets, subnet_fitness, train_supernet
 from minillm.prune.training import (ImageTrainConfig, image_accuracy, limit_examples, recalibrate_bn,
@@ -36,7 +36,8 @@ __all__ = [
     "add_branches", "add_identity_conv", "add_identity_linear", "dense_weight", "fuse_bn_linear", "fuse_conv_bn",
     "fuse_linear_bn", "identity_kernel", "is_depthwise", "merge_1x1_kxk", "merge_kxk_1x1", "merge_linears",
     "SearchConfig", "SearchResult", "all_masks", "exhaustive_search", "genetic_search",
-    "SubnetStudyConfig", "assert_fitness_predicts_finetuning", "assert_search_pick_beats_average",
+    "SubnetStudyConfig", "assert_fitness_predicts_finetuning", "assert_progressive_beats_direct",
+    "assert_search_pick_beats_average",
     "run_subnet_study", "spearman", "study_seed", "summarise_subnet_study",
     "sandwich_subnets", "subnet_fitness", "train_supernet", "ImageTrainConfig", "image_accuracy", "limit_examples",
     "recalibrate_bn", "train_image_classifier",

@@ -59,7 +59,7 @@ class UPDPConfig:
     eval_examples: int | None = None
     calib_batches: int = 4
 
-    SMOKE_CAPS: ClassVar[dict[str, int]] = {"train_examples": 512, "eval_examples": 256, "calib_batches": 1}
+    SMOKE_CAPS: ClassVar[dict[str, int]] = {"train_examples": 256, "eval_examples": 128, "calib_batches": 1}
 
     def __post_init__(self):
         if self.data not in DATA_SETS:

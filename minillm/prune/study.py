@@ -162,7 +162,7 @@ def interval(d: dict) -> Interval:
     """An :class:`~minillm.core.claims.Interval` back from its JSON form."""
     try:
         return Interval(**d)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ValueError(f"{d!r} is not an interval record (estimate, low, high, n, method, level); read it from "
                          "summarise_subnet_study's output.") from err
 
@@ -177,3 +177,9 @@ def assert_search_pick_beats_average(summary: dict) -> Interval:
     """Claim: the searched subnet fine-tunes above the average subnet of its seed (interval of the gap > 0)."""
     return assert_claim(interval(summary["pick_minus_mean"]),
                         "the searched subnet fine-tunes better than the average subnet", above=0.0)
+
+
+def assert_progressive_beats_direct(summary: dict) -> Interval:
+    """Claim: averaged over every subnet, progressive fine-tuning ends above direct pruning (paired interval > 0)."""
+    return assert_claim(interval(summary["progressive_minus_direct"]),
+                        "progressive training beats direct pruning, averaged over every subnet", above=0.0)

@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from minillm.prune import ResCNN, TinyViT
-from minillm.prune.models import ResCNNConfig, ViTConfig
+from minillm.prune import ResCNN
+from minillm.prune.models import ResCNNConfig
 from notebook_utils import load_script
 
 SMALL_CNN = ResCNNConfig(channels=8, expand=16, depth=4)

@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
 from minillm.core.claims import ClaimError
-from minillm.prune import (assert_fitness_predicts_finetuning, assert_search_pick_beats_average, spearman,
-                           summarise_subnet_study)
-from notebook_utils import ROOT, load_script
+from minillm.prune import (assert_fitness_predicts_finetuning, assert_progressive_beats_direct,
+                           assert_search_pick_beats_average, spearman, summarise_subnet_study)
+from notebook_utils import ROOT
 
 
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
-    import os
-    os.environ.pop("MINILLM_PROFILE", None)
-    os.environ.pop("MINILLM_SMOKE", None)
+    """The script as a reader runs it, two seeds in two worker processes (the path the full study took)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MINILLM_PROFILE", "MINILLM_SMOKE")}
     out = tmp_path_factory.mktemp("study")
-    path = load_script("studies/ch06_subnet_ranking.py").main(["--quick", "--out", str(out)])
+    subprocess.run([sys.executable, str(ROOT / "studies" / "ch06_subnet_ranking.py"), "--quick", "--workers", "2",
+                    "--out", str(out)], check=True, cwd=ROOT, env={**env, "OMP_WAIT_POLICY": "PASSIVE"})
+    (path,) = out.glob("ch06_subnet_ranking-*.json")
     return json.loads(path.read_text())
 
 
@@ -50,7 +54,7 @@ def test_summary_is_recomputed_from_the_raw_numbers(quick_study):
 
 def test_claim_functions_run_on_the_regenerated_study(quick_study):
     """On a 1-epoch miniature the claims may or may not hold; they must judge it, not crash."""
-    for claim in (assert_fitness_predicts_finetuning, assert_search_pick_beats_average):
+    for claim in (assert_fitness_predicts_finetuning, assert_search_pick_beats_average, assert_progressive_beats_direct):
         try:
             claim(quick_study["summary"])
         except ClaimError:
@@ -77,6 +81,14 @@ def test_claims_hold_on_supporting_numbers():
     summary = summarise_subnet_study(_fake_seeds(0.01))
     assert_fitness_predicts_finetuning(summary)
     assert_search_pick_beats_average(summary)
+    assert_progressive_beats_direct(summary)
+
+
+def test_reversed_or_null_gain_trips_the_progressive_claim():
+    with pytest.raises(ClaimError):
+        assert_progressive_beats_direct(summarise_subnet_study(_fake_seeds(-0.01)))  # direct ahead
+    with pytest.raises(ClaimError):
+        assert_progressive_beats_direct(summarise_subnet_study(_fake_seeds(0.0)))  # no difference
 
 
 def test_reversed_ranking_trips_the_claims():
@@ -103,5 +115,5 @@ def test_committed_study_is_complete_and_matches_its_raw_numbers():
     """The chapter reads this file: its summary must be what the code computes from its raw numbers."""
     path = ROOT / "studies" / "results" / "ch06_subnet_ranking-tiny-cpu.json"
     study = json.loads(path.read_text())
-    assert study["complete"] and not study["quick"] and len(study["seeds"]) >= 5
+    assert study["complete"] and not study["quick"] and len(study["seeds"]) == study["config"]["seeds"] >= 2
     assert summarise_subnet_study(study["seeds"]) == json.loads(json.dumps(study["summary"]))

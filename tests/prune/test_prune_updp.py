@@ -1,6 +1,5 @@
 """UPDP blocks, models and stages: progressive activation, merging whole models, search, λ schedule, data."""
 
-import copy
 import random
 
 import numpy as np
@@ -8,14 +7,13 @@ import pytest
 import torch
 
 from minillm.prune import (ProgressiveAct, ResCNN, SearchConfig, TinyViT, TokenBatchNorm, count_layers,
-                           exhaustive_search, genetic_search, lambda_schedule, reparam)
+                           exhaustive_search, genetic_search, lambda_schedule)
 from minillm.data.images import ImageData, fashion_mnist_dir, load_digits_data, load_image_data, read_idx
 from minillm.prune.models import ResCNNConfig, ViTConfig
 from minillm.prune.search import crossover, mutate, random_mask
 from minillm.prune.supernet import sandwich_subnets
 from minillm.prune.training import ImageTrainConfig, image_accuracy, recalibrate_bn, train_image_classifier
 from minillm.prune.progressive import train_subnet
-from notebook_utils import load_script
 
 RTOL = 1e-5
 SMALL_CNN = ResCNNConfig(channels=8, expand=16, depth=4)
