@@ -2,7 +2,8 @@
 
 Three measurements, each interleaving its variants round by round (``minillm.core.bench.interleaved_timings``) so a
 burst of load from other processes hits all of them alike, and each recording the machine's load average and the
-process's CPU time beside the wall time:
+process's CPU time beside the wall time. Throughput (``tokens_per_s``) comes from each variant's fastest round, the one
+least slowed by other programs; every round's seconds are kept, so ratios can be judged round by round:
 
 * ``attention``: one attention layer of the profile's size, forward and forward + backward, at several batch sizes.
 * ``sdpa_backends``: ``scaled_dot_product_attention`` with each backend the device offers, selected one at a time
@@ -75,9 +76,10 @@ def per_round_times(fns: dict, device: torch.device, rounds: int, warmup: int = 
 
 
 def _summary(seconds: list[float], work: int) -> dict:
+    """Throughput from the fastest round (the one other programs disturbed least), the median beside it."""
     median = statistics.median(seconds)
-    return {"median_s": median, "min_s": min(seconds), "max_s": max(seconds), "tokens_per_s": work / median,
-            "seconds": seconds}
+    return {"min_s": min(seconds), "median_s": median, "max_s": max(seconds), "tokens_per_s": work / min(seconds),
+            "tokens_per_s_median": work / median, "seconds": seconds}
 
 
 def attention_throughput(n_embd: int, n_head: int, block_size: int, batch_size: int, device: torch.device,
@@ -223,7 +225,7 @@ def run(device: torch.device, quick: bool = False) -> dict:
         "batch_sizes": list(BATCH_SIZES[profile.name]),
     }
     with measured_load(results.setdefault("attention_load", {})):
-        results["attention"] = {str(b): attention_throughput(cfg.n_embd, cfg.n_head, w, b, device, 3 if quick else 20)
+        results["attention"] = {str(b): attention_throughput(cfg.n_embd, cfg.n_head, w, b, device, 3 if quick else 30)
                                 for b in BATCH_SIZES[profile.name]}
     sdpa = {}
     with measured_load(sdpa):
