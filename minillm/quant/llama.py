@@ -161,3 +161,29 @@ def q4_1_reproduction(W: torch.Tensor, group: int = 32) -> dict[str, float]:
     return {"integer_zero_exact": float((Q == W).float().mean()),
             "real_offset_exact": float((torch.abs(R - W) <= 1e-6 * step).float().mean()),
             "integer_zero_mean_error_steps": float(((Q - W).abs() / step).mean())}
+
+
+def study_ppl(study: dict, method: str, bits: int | None = None, groupsize: int = -1,
+              actorder: bool | None = None) -> list[float]:
+    """Perplexities of the matching runs of a ``studies/ch05_smollm2.py`` result (one per calibration seed)."""
+    if not isinstance(study, dict) or "runs" not in study:
+        raise ValueError("not a studies/ch05_smollm2.py result (no 'runs'): load it with "
+                         "minillm.core.bench.read_results(path, command)")
+    out = []
+    for run in study["runs"]:
+        s = run["spec"]
+        if s["method"] != method or (method != "fp" and (s["bits"] != bits or s["groupsize"] != groupsize)):
+            continue
+        if method == "gptq" and actorder is not None and s["actorder"] != actorder:
+            continue
+        out.append(run["ppl"])
+    return out
+
+
+def study_closures(study: dict, bits: int, groupsize: int = -1, actorder: bool = True) -> list[float]:
+    """Share of RTN's gap GPTQ closes, one value per calibration seed, from a study result."""
+    fp, rtn = study_ppl(study, "fp"), study_ppl(study, "rtn", bits, groupsize)
+    if not fp or not rtn:
+        raise ValueError(f"the study has no fp or RTN {bits}-bit run (groupsize {groupsize}): run "
+                         "studies/ch05_smollm2.py further (--resume)")
+    return [gap_closed(fp[0], rtn[0], p) for p in study_ppl(study, "gptq", bits, groupsize, actorder)]

@@ -14,7 +14,9 @@ from minillm.quant import (DampingRetryWarning, HessianAccumulator, NotPositiveD
                            QuantReport, consecutive_windows, find_params, gap_claim, gap_closed, gptq_quantize,
                            gptq_reference, grid_from_weight, layer_error, obq_quantize, perplexity, q4_1_reproduction,
                            quantize_decoder, quantize_model, random_windows, rtn_quantize, window_nll)
+from minillm.core.checkpoint import CheckpointError
 from minillm.core.claims import ClaimError
+from minillm.quant import load_quantized, pack_model, save_quantized, study_closures, study_ppl
 
 G = torch.Generator().manual_seed(0)
 W = torch.randn(8, 16, generator=G)
@@ -27,6 +29,31 @@ H_NAN[1, 2] = float("nan")
 # symmetric with smallest eigenvalue -0.03 · mean(diag H): 0.01 of damping is too little, 0.1 enough
 H_INDEF = H - (torch.linalg.eigvalsh(H)[0] + 0.03 * torch.diag(H).mean()) * torch.eye(16)
 IDS = torch.arange(100)
+
+
+def _saved(tmp, corrupt: str | None = None):
+    """A packed, saved _Tiny (optionally with its JSON or weights corrupted) -> path."""
+    m = _Tiny()
+    report = quantize_model(m, m.blocks, [torch.randn(8, 16)], QuantConfig(groupsize=-1), progress=False)
+    pack_model(m, m.blocks, report, backend="torch")
+    path = save_quantized(m, tmp / "q.safetensors", report)
+    if corrupt == "json":
+        path.with_suffix(".json").write_text("{not json")
+    elif corrupt == "weights":
+        path.write_bytes(path.read_bytes()[:40])
+    return path
+
+
+def _tmp():
+    import tempfile
+    from pathlib import Path
+    return Path(tempfile.mkdtemp())
+
+
+class _Other(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.ReLU(), nn.Linear(16, 16))])
 
 
 class _Tiny(nn.Module):
@@ -111,6 +138,24 @@ CASES = [
     BadInput("minillm.quant.quantize_decoder", "a model without model.layers",
              lambda: quantize_decoder(_Tiny(), torch.ones(2, 4, dtype=torch.long), QuantConfig()), TypeError,
              r"model.model.layers.*call quantize_model with their block list"),
+    BadInput("minillm.quant.pack_model", "a report without grids",
+             lambda: (lambda m: pack_model(m, m.blocks, QuantReport(QuantConfig())))(_Tiny()), ValueError,
+             r"QuantReport of quantize_model.*quantize the model first"),
+    BadInput("minillm.quant.save_quantized", "an unpacked model",
+             lambda: save_quantized(_Tiny(), _tmp() / "x.safetensors", QuantReport(QuantConfig())), ValueError,
+             r"no QuantLinear layers: pack it first with pack_model"),
+    BadInput("minillm.quant.load_quantized", "a missing file", lambda: load_quantized(_Tiny(), _tmp() / "none.safetensors"),
+             FileNotFoundError, r"does not exist; write the weights and config with save_quantized"),
+    BadInput("minillm.quant.load_quantized", "a corrupt JSON", lambda: load_quantized(_Tiny(), _saved(_tmp(), "json")),
+             CheckpointError, r"is not valid JSON.*save the model again"),
+    BadInput("minillm.quant.load_quantized", "truncated weights", lambda: load_quantized(_Tiny(), _saved(_tmp(), "weights")),
+             CheckpointError, r"not a readable safetensors file.*save the model again"),
+    BadInput("minillm.quant.load_quantized", "another architecture", lambda: load_quantized(_Other(), _saved(_tmp())),
+             CheckpointError, r"packs a layer 'blocks.0.0' that is not an nn.Linear.*build the model it was saved from"),
+    BadInput("minillm.quant.study_closures", "a study without baselines", lambda: study_closures({"runs": []}, 4),
+             ValueError, r"no fp or RTN 4-bit run.*--resume"),
+    BadInput("minillm.quant.study_ppl", "a result without runs", lambda: study_ppl({}, "fp"), ValueError,
+             r"not a studies/ch05_smollm2.py result.*read_results"),
     BadInput("minillm.quant.consecutive_windows", "too few tokens", lambda: consecutive_windows(IDS, 10, 16),
              ValueError, r"100 tokens, too few for 10 windows of 16.*fewer or shorter windows"),
     BadInput("minillm.quant.random_windows", "float ids", lambda: random_windows(IDS.float(), 2, 8, 0), ValueError,
