@@ -62,6 +62,10 @@ for n, e, k in [(50, 8, 2), (7, 4, 1), (200, 16, 4)]:
     torch.testing.assert_close(g_ours, g_ref)
 uniform = switch_balance_loss(torch.full((16, 8), 1 / 8), torch.arange(32).remainder(8).view(16, 2))
 assert abs(uniform.item() - 1.0) < 1e-6, "perfectly uniform routing gives exactly 1"
+collapsed_p = torch.zeros(16, 8)
+collapsed_p[:, :2] = 0.5                                            # all probability on experts 0 and 1 ...
+collapsed = switch_balance_loss(collapsed_p, torch.tensor([[0, 1]]).repeat(16, 1))  # ... which take every token
+assert abs(collapsed.item() - 8 / 2) < 1e-6, "top-2 routing collapsed onto two experts gives E/k = 4, the maximum"
 print("Exercise 1: correct")
 
 

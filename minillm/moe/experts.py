@@ -140,8 +140,10 @@ class ExpertBank(nn.Module):
 
     @classmethod
     def from_experts(cls, experts: "list[Expert] | nn.ModuleList") -> "ExpertBank":
-        """Stack separate :class:`Expert` modules (e.g. makeMoE's) into a bank with equal outputs."""
-        if len(experts) == 0 or not all(isinstance(e, Expert) for e in experts):
+        """Stack separate experts (:class:`Expert` or any module with ``fc1``, ``fc2`` Linear layers, e.g. makeMoE's)
+        into a bank with equal outputs."""
+        if len(experts) == 0 or not all(isinstance(getattr(e, "fc1", None), nn.Linear)
+                                        and isinstance(getattr(e, "fc2", None), nn.Linear) for e in experts):
             raise TypeError("from_experts needs a non-empty list of Expert modules (each with fc1, fc2); got "
                             f"{[type(e).__name__ for e in experts][:4]}; build them with Expert(n_embd, hidden)")
         first = experts[0]

@@ -33,11 +33,11 @@ one_hot = F.one_hot(token_major, n_experts)
 position = (one_hot.cumsum(0) * one_hot).sum(-1) - 1
 return (position < capacity).view(N, k)
 """,
-        "off by one: the count starts at 1, so each expert keeps capacity + 1": """
+        "off by one: slots numbered from 0 but compared with <=, so each expert keeps capacity + 1": """
 N, k = expert_idx.shape
 choice_major = expert_idx.t().reshape(-1)
 one_hot = F.one_hot(choice_major, n_experts)
-position = (one_hot.cumsum(0) * one_hot).sum(-1)
+position = (one_hot.cumsum(0) * one_hot).sum(-1) - 1
 return (position <= capacity).view(k, N).t()
 """,
         "choice-major order, but reshaped back without the transpose": """
