@@ -66,7 +66,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--quick", action="store_true", help="a miniature: checks the pipeline, proves nothing")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default: studies/results)")
     parser.add_argument("--resume", action="store_true", help="keep the runs an earlier, interrupted call wrote")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="add the runs of these result files (other seeds, same models and schedule) to the "
+                             "results file, and stop")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(results_file(pick_device("cpu"), args.out), args.merge, pick_device("cpu"))
     torch.set_num_threads(args.threads)
     limit_heap_fragmentation()
     device = pick_device("cpu")
@@ -110,6 +115,26 @@ def main(argv: list[str] | None = None) -> Path:
     save(runs, complete=True)
     print(f"wrote {path}: {len(runs)} runs, {sum(r['train_cpu_s'] for r in runs) / 60:.0f} min of training CPU time, "
           f"{(time.time() - started) / 60:.0f} min wall")
+    return path
+
+
+def merge(path: Path, others: list[Path], device) -> Path:
+    """Add the runs of ``others`` (the same study on other seeds, e.g. run as separate processes) to ``path``."""
+    main = json.loads(path.read_text())
+    runs = list(main["runs"])
+    keys = {(r["tag"], r["seed"]) for r in runs}
+    for other in others:
+        data = json.loads(Path(other).read_text())
+        if data["models"] != main["models"] or data["schedule"] != main["schedule"]:
+            raise ValueError(f"{other} ran other models or another schedule than {path}; merge only runs of one study")
+        runs += [r for r in data["runs"] if (r["tag"], r["seed"]) not in keys]
+        keys |= {(r["tag"], r["seed"]) for r in data["runs"]}
+        main["complete"] = main["complete"] and data["complete"]
+    main["seeds"] = sorted({r["seed"] for r in runs})
+    main["runs"] = runs
+    main.pop("machine", None)
+    write_results(path, main, device)
+    print(f"wrote {path}: {len(runs)} runs, seeds {main['seeds']}")
     return path
 
 

@@ -88,3 +88,16 @@ def test_claim_helpers_reject_runs_they_cannot_judge():
     with pytest.raises(ValueError, match="no routing record"):
         busiest_share(copy.deepcopy(runs[0]))
     assert final_val({"val_loss": None, "curve": {"val_subset": [2.5, 2.1]}}) == 2.1
+
+
+def test_vs_dense_merge_adds_the_runs_of_other_seeds(tmp_path):
+    study = load_script("studies/ch02_moe_vs_dense.py")
+    meta = {"models": {"moe": {}}, "schedule": {"max_iters": 3}, "complete": True}
+    main, other = study.results_file("cpu", tmp_path), tmp_path / "seed1.json"
+    main.write_text(json.dumps({**meta, "seeds": [0], "runs": [{"tag": "moe", "seed": 0}]}))
+    other.write_text(json.dumps({**meta, "seeds": [1], "runs": [{"tag": "moe", "seed": 1}, {"tag": "moe", "seed": 0}]}))
+    merged = json.loads(study.main(["--out", str(tmp_path), "--merge", str(other)]).read_text())
+    assert merged["seeds"] == [0, 1] and len(merged["runs"]) == 2 and merged["machine"]
+    other.write_text(json.dumps({**meta, "schedule": {"max_iters": 4}, "runs": []}))
+    with pytest.raises(ValueError, match="another schedule"):
+        study.main(["--out", str(tmp_path), "--merge", str(other)])
