@@ -287,7 +287,7 @@ def _collect(out_dir: Path, world_size: int, variants) -> dict[str, VariantResul
 
 
 def run_data_parallel(setup: DataParallelSetup = DataParallelSetup(), variants: tuple[Variant, ...] = DEFAULT_VARIANTS,
-                      launcher: str = "spawn", timeout_s: float = 120.0) -> dict[str, VariantResult]:
+                      launcher: str = "spawn", timeout_s: float = 600.0) -> dict[str, VariantResult]:
     """Run ``setup.world_size`` CPU processes (``gloo``) through every variant; return rank 0's results by name.
 
     ``launcher="spawn"`` starts the processes with ``torch.multiprocessing`` and a file store;

@@ -205,3 +205,17 @@ def test_autocast_weight_copies_are_not_activations():
     params = sum(p.numel() for p in model.parameters() if p.dim() == 2) * 2  # bf16 copies of all matrices
     # Copies of the weights are left out: what remains is the activations, in whichever precision they were saved.
     assert 0 < mixed < saved_activation_bytes(model, lambda: summed_loss(model, batch, "examples")) + params // 2
+
+
+@pytest.mark.slow
+def test_compiled_model_accumulates_into_the_same_grad():
+    # torch.compile's graph capture and autograd (aot_eager: no C++ code generation, so the test stays short)
+    model = bloom_classifier(seed=5).eval()
+    batch = _classification_batch(n=4)
+    micro = [_rows(batch, slice(i, i + 2)) for i in (0, 2)]
+    accumulate_gradients(model, micro)
+    eager = _grads(model).clone()
+    model.zero_grad()
+    compiled = torch.compile(model, backend="aot_eager", dynamic=False)
+    accumulate_gradients(compiled, micro)
+    assert (_grads(model) - eager).abs().max() < 1e-6  # the compiled module's .grad is the original's

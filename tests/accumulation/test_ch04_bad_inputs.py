@@ -11,6 +11,7 @@ from minillm.accumulation import (ActivationCapExceeded, AccumulationConfig, Dat
                                   check_micro_batch, count_units, freeze_lower_layers, grouped, headline_claims,
                                   paired, rank_loss_scale, run_data_parallel, run_scheme, scheme_differences,
                                   should_step, step_groups, step_plan, summed_loss, train_accumulated)
+from minillm.accumulation import FeatureClassifier, ProbeConfig, probe_features, run_probe
 from minillm.core.claims import ClaimError
 from minillm.pretrained import bloom_classifier
 
@@ -145,6 +146,19 @@ CASES = [
     BadInput("minillm.accumulation.freeze_lower_layers", "a model that is not a BERT encoder",
              lambda: freeze_lower_layers(bloom_classifier(seed=0), 1), TypeError,
              "supports BERT-style encoders.*pass trainable_layers=None"),
+    # the linear probe
+    BadInput("minillm.accumulation.ProbeConfig", "a learning rate of 0", lambda: ProbeConfig(lr=0.0), ValueError,
+             "lr must be a positive learning rate"),
+    BadInput("minillm.accumulation.ProbeConfig", "dropout 1", lambda: ProbeConfig(dropout=1.0), ValueError,
+             r"dropout must be a probability in \[0, 1\)"),
+    BadInput("minillm.accumulation.FeatureClassifier", "token ids instead of features",
+             lambda: FeatureClassifier(torch.ones(4, 8, dtype=torch.long)), ValueError,
+             "features must be a float tensor.*pass sentence embeddings"),
+    BadInput("minillm.accumulation.probe_features", "a fine-tuning config instead of a probe config",
+             lambda: probe_features(AccumulationConfig()), TypeError, "cfg must be a ProbeConfig.*use PROBE_TINY"),
+    BadInput("minillm.accumulation.run_probe", "raw tensors instead of ProbeFeatures",
+             lambda: run_probe("batch 1", torch.zeros(4, 8), ProbeConfig()), TypeError,
+             "features must be the ProbeFeatures.*probe_features\\(cfg\\)"),
     # claims
     BadInput("minillm.accumulation.accuracies", "something that is not a study", lambda: accuracies([], "batch 1"),
              ValueError, "a study is the JSON that studies/ch04_accumulation_seeds.py writes.*read_results"),
@@ -161,6 +175,7 @@ CASES = [
 EXEMPT = {
     "minillm.accumulation.StepPlan": "a frozen record of groups built by step_plan, which validates its inputs",
     "minillm.accumulation.ActivationCapExceeded": "the exception type itself; check_micro_batch cases raise it",
+    "minillm.accumulation.ProbeFeatures": "a record of feature tensors, built only by probe_features",
     "minillm.accumulation.RunResult": "a record of one run, built only by run_scheme from validated settings",
     "minillm.accumulation.VariantResult": "a record built by run_data_parallel from its workers' files",
     "minillm.accumulation.full_batch_reference": "takes a DataParallelSetup, whose constructor validates every field",
