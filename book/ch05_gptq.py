@@ -41,6 +41,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton's CPU interpreter: set BEFORE any kernel module is imported
 
 import copy
+import json
 import math
 import time
 
@@ -86,7 +87,9 @@ glue("ch05_int4_bound", f"{16 / bits_per_weight(4, 128):.2f}", display=False)
 # $$
 #
 # The integer zero point $z$ makes $w = 0$ exact. The *symmetric* variant fixes $z = 2^{b-1}$ and uses
-# $[-\max|w|, \max|w|]$. `minillm.quant.quantizer` implements it; **round-to-nearest (RTN)** is just this rounding:
+# $[-\max|w|, \max|w|]$ — but its $2^b$ codes $s(q - z)$ run from $-2^{b-1}s$ to $(2^{b-1}-1)s$ with
+# $s = 2\max|w|/(2^b-1)$, so the positive end stops at $(2^b-2)/(2^b-1)$ of $\max|w|$ (0.93 at 4 bits): the largest
+# positive weight is clipped. `minillm.quant.quantizer` implements it; **round-to-nearest (RTN)** is just this rounding:
 
 # %%
 from minillm.quant.quantizer import fake_quantize, find_params
@@ -151,7 +154,7 @@ assert fp32_loss < 1.9
 # layer actually sees. RTN minimises $\|W - \hat W\|_F^2$, i.e. it pretends $H = I$. We collect $H$ with a forward
 # hook from 128 random training windows; `HessianAccumulator` keeps a running mean so batches can stream:
 
-# %% tags=["nbval-ignore-output"]
+# %%
 from minillm.quant.hessian import HessianAccumulator, layer_error
 from minillm.quant.rtn import rtn_quantize
 
@@ -179,8 +182,11 @@ Xin = torch.cat(inputs)  # (n, K)
 direct = ((Xin @ (W - Q_rtn4).T) ** 2).sum().item() * 2 / Xin.shape[0]
 assert abs(layer_error(W, Q_rtn4, H) - direct) / direct < 1e-3
 eig = torch.linalg.eigvalsh(H.double())
-print(f"H eigenvalues: largest {eig.max().item():.3g}, median {eig.median().item():.3g}, "
-      f"largest/median {(eig.max() / eig.median()).item():.0f}: far from the identity RTN assumes")
+spread = (eig.max() / eig.median()).item()
+assert spread > 10, spread
+print("output error == tr((W - Q) H (W - Q)^T) to 0.1 %; H's largest eigenvalue is over 10x its median: "
+      "far from the identity RTN assumes")
+glue("ch05_h_spread", f"{spread:.0f}", display=False)
 
 # %% [markdown]
 # ## 5. OBQ: one weight at a time, the others compensate
@@ -225,7 +231,7 @@ def obq_row(w, Hinv, scale, zero, bits):
     return w
 
 
-# %% tags=["nbval-ignore-output"]
+# %%
 from minillm.quant.hessian import inverse_hessian, prepare_hessian
 from minillm.quant.obq import obq_quantize
 
@@ -234,16 +240,15 @@ Wd, Hd = prepare_hessian(W, H, percdamp=0.01)  # dead columns fixed, 1 % damping
 Hinv = inverse_hessian(Hd, 0.01)
 scale, zero = find_params(Wd, bits)
 rows = [obq_row(Wd[i], Hinv, scale[i], zero[i], bits) for i in range(4)]
-t0 = time.perf_counter()
 Q_obq, _ = obq_quantize(W, H, bits, order="greedy")  # all rows, batched
-obq_seconds = time.perf_counter() - t0
 assert torch.allclose(torch.stack(rows), Q_obq[:4], atol=1e-6)
 err_rtn, err_obq = layer_error(W, Q_rtn4, H), layer_error(W, Q_obq, H)
-print(f"layer error  RTN {err_rtn:.4g}   OBQ {err_obq:.4g}   (OBQ / RTN = {err_obq / err_rtn:.3f})")
-assert err_obq < 0.8 * err_rtn
+assert err_obq < 0.8 * err_rtn, err_obq / err_rtn
+print("obq_row == obq_quantize on 4 rows; OBQ's layer error is below 0.8x RTN's")
+glue("ch05_obq_over_rtn", f"{err_obq / err_rtn:.2f}", display=False)
 
 # %% [markdown]
-# OBQ is excellent and slow: every row has its own order, hence its own $H^{-1}$ to downdate, $O(NK^3)$ time in
+# On this layer OBQ's error is {glue:text}`ch05_obq_over_rtn` of RTN's. OBQ is excellent and slow: every row has its own order, hence its own $H^{-1}$ to downdate, $O(NK^3)$ time in
 # all. On a $4096 \times 4096$ layer that is hours. GPTQ keeps the idea and removes the cost, in three steps.
 #
 # ## 6. GPTQ, step by step
@@ -278,14 +283,13 @@ def gptq_sequential(W, H, bits, percdamp=0.01):
 # **Verify.** This must be exactly OBQ with its greedy choice replaced by "next column": `obq_quantize(...,
 # order="sequential")` runs the per-row OBQ code above with $p$ forced to $0, 1, \dots, K-1$.
 
-# %% tags=["nbval-ignore-output"]
+# %%
 Q_seq = gptq_sequential(W, H, bits)
 Q_obq_seq, _ = obq_quantize(W, H, bits, order="sequential")
 rel_obq_gptq = ((Q_obq_seq - Q_seq).norm() / Q_seq.norm()).item()
-print(f"sequential OBQ vs one-order GPTQ: relative difference {rel_obq_gptq:.1e}")
-assert rel_obq_gptq < 1e-5
+assert rel_obq_gptq < 1e-5, rel_obq_gptq
+print("sequential OBQ == one-order GPTQ (relative difference < 1e-5)")
 err_seq = layer_error(W, Q_seq, H)
-print(f"layer error  RTN {err_rtn:.4g}   OBQ (greedy) {err_obq:.4g}   sequential {err_seq:.4g}")
 
 # %% [markdown]
 # ### Step 2: Cholesky instead of downdates
@@ -296,7 +300,7 @@ print(f"layer error  RTN {err_rtn:.4g}   OBQ (greedy) {err_obq:.4g}   sequential
 # once, with a numerically stable routine, instead of $K$ downdates whose rounding errors pile up (and can make
 # $H^{-1}$ indefinite on large layers). Checking the identity on our layer:
 
-# %% tags=["nbval-ignore-output"]
+# %%
 Hinv_down = inverse_hessian(Hd, 0.01)
 U = torch.linalg.cholesky(inverse_hessian(Hd, 0.01), upper=True)  # (K, K)
 worst = 0.0
@@ -304,8 +308,8 @@ for i in range(Hd.shape[0]):
     row = Hinv_down[i, i:] / Hinv_down[i, i].sqrt()
     worst = max(worst, ((row - U[i, i:]).abs().max() / U[i, i:].abs().max()).item())
     Hinv_down[i + 1:, i + 1:] -= torch.outer(Hinv_down[i + 1:, i], Hinv_down[i, i + 1:]) / Hinv_down[i, i]
-print(f"max relative difference between downdated rows and Cholesky rows: {worst:.1e}")
-assert worst < 1e-3
+assert worst < 1e-3, worst
+print("every downdated row of H^-1, scaled by 1/sqrt(diagonal), equals the Cholesky row (to 1e-3)")
 
 # %% [markdown]
 # With $U$, the error of column $i$ is $(w_i - q_i)/U_{ii}$ and the update of the remaining columns is that error
@@ -345,15 +349,15 @@ def gptq_blocked(W, H, bits, blocksize=128, percdamp=0.01):
     return Q
 
 
-# %% tags=["nbval-ignore-output"]
+# %%
 from minillm.quant.gptq import gptq_quantize
 
 Q_blocked = gptq_blocked(W, H, bits, blocksize=32)
 Q_gptq, grid = gptq_quantize(W, H, bits, blocksize=32)  # the package: same algorithm + groups, act-order
 for name, Q in [("blocked (notebook)", Q_blocked), ("gptq_quantize (package)", Q_gptq)]:
     rel = ((Q - Q_seq).norm() / Q_seq.norm()).item()
-    print(f"{name:24s} vs step 1: relative difference {rel:.1e}")
-    assert rel < 1e-5
+    assert rel < 1e-5, rel
+    print(f"{name:24s} == step 1 (relative difference < 1e-5)")
 err_gptq = layer_error(W, Q_gptq, H)
 glue("ch05_obq_gptq_rel", f"{rel_obq_gptq:.1e}", display=False)
 
@@ -368,25 +372,33 @@ glue("ch05_obq_gptq_rel", f"{rel_obq_gptq:.1e}", display=False)
 #
 # Two repairs keep $H$ invertible. An input that is always zero (a *dead* column, $H_{kk} = 0$) gets $H_{kk}=1$ and
 # weight 0. And a damping $\lambda = 1\%$ of the mean diagonal is added to every $H_{kk}$. With fewer calibration
-# rows than input features, $H$ is singular; without damping GPTQ must refuse, and say what to do:
+# rows than input features, $H$ is singular, and float rounding can leave it slightly indefinite; then 1 % is not
+# enough. `gptq_quantize` retries with ten times more damping (at most three times), says so with a
+# `DampingRetryWarning` (`quantize_model` records it per layer in `report.retries`), and refuses with a message
+# naming the fix when nothing works:
 
-# %% tags=["nbval-ignore-output"]
+# %%
+import warnings
+
+from minillm.quant.gptq import DampingRetryWarning
 from minillm.quant.hessian import NotPositiveDefiniteError
 
 few = Xin[:16]  # 16 rows for 128 features: H has rank 16
 H_few = 2 / 16 * few.T @ few
-raised = False
+H_bad = H_few - 0.05 * torch.diag(H_few).mean() * torch.eye(H_few.shape[0])  # slightly indefinite, as rounding makes it
 try:
-    gptq_quantize(W, H_few, bits, percdamp=0.0)
+    gptq_quantize(W, H_bad, bits, percdamp=0.01, retries=0)
+    raise AssertionError("an indefinite Hessian must be refused at 1 % damping")
 except NotPositiveDefiniteError as err:
-    raised = True
-    print("NotPositiveDefiniteError:", err)
-assert raised, "a rank-16 Hessian of a 128-input layer must be refused without damping"
-Q_few, _ = gptq_quantize(W, H_few, bits, percdamp=0.01)  # damping makes it solvable (but 16 rows are too few)
-print(f"with 1% damping: layer error on the real H {layer_error(W, Q_few, H):.4g} vs {err_gptq:.4g} with full calibration")
+    print("retries=0:", type(err).__name__, "- the message says:", str(err).split("Fix: ")[1].split(" (tried")[0])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    Q_few, _ = gptq_quantize(W, H_bad, bits, percdamp=0.01)  # the default: retry with 10x more damping
+print("default:", [str(w.message).split("; ")[1] for w in caught if w.category is DampingRetryWarning])
+assert torch.isfinite(Q_few).all() and layer_error(W, Q_few, H) > err_gptq  # solvable, but 16 rows are too few
 
 # %% [markdown]
-# ### The bar: GPTQ vs RTN on every trained layer
+# ### GPTQ vs RTN on every trained layer
 #
 # GPTQ should cut the layer error of RTN substantially on real trained layers. Here is the ratio for every linear
 # layer of the GPT (4 bits, per channel), each with its own Hessian from the same calibration windows:
@@ -405,7 +417,7 @@ for name, (acc_l, handle_l) in accs.items():
     ratios[name] = layer_error(Wl, gptq_quantize(Wl, acc_l.H, 4)[0], acc_l.H) / layer_error(Wl, rtn_quantize(Wl, 4)[0], acc_l.H)
 fig, ax = plt.subplots(figsize=(8, 3.5))
 ax.bar(range(len(ratios)), list(ratios.values()))
-ax.axhline(0.8, color="k", ls="--", lw=1, label="bar: 0.8")
+ax.axhline(0.8, color="k", ls="--", lw=1, label="0.8 x RTN")
 ax.set_xticks(range(len(ratios)), list(ratios), rotation=60, ha="right", fontsize=8)
 ax.set_ylabel("GPTQ error / RTN error")
 ax.set_title("4-bit per-channel layer error, GPTQ relative to RTN (lower is better)")
@@ -414,12 +426,13 @@ plt.tight_layout()
 plt.show()
 print(f"demo layer blocks.0.attn.c_attn: GPTQ / RTN = {err_gptq / err_rtn:.3f}; "
       f"median over all layers {sorted(ratios.values())[len(ratios) // 2]:.3f}, worst {max(ratios.values()):.3f}")
-assert err_gptq <= 0.8 * err_rtn, "bar: GPTQ layer error <= 0.8 x RTN on a real trained layer"
+assert err_gptq <= 0.8 * err_rtn, "GPTQ's layer error should be at most 0.8 x RTN's on a real trained layer"
+assert sorted(ratios.values())[len(ratios) // 2] < 0.8
 glue("ch05_bar_ratio", f"{err_gptq / err_rtn:.3f}", display=False)
 glue("ch05_worst_ratio", f"{max(ratios.values()):.3f}", display=False)
 
 # %% [markdown]
-# On the demo layer GPTQ's error is {glue:text}`ch05_bar_ratio` of RTN's (the bar is 0.8); the worst layer reaches
+# On the demo layer GPTQ's error is {glue:text}`ch05_bar_ratio` of RTN's; the worst layer reaches
 # {glue:text}`ch05_worst_ratio`.
 #
 # ## 7. Act-order, groups and static groups
@@ -488,7 +501,7 @@ print(f"{'GPT on Shakespeare (val)':28s} {'perplexity':>10s} {'quant. time':>12s
 for label, (ppl, sec) in gpt_results.items():
     print(f"{label:28s} {ppl:10.3f} {sec:10.2f} s")
 ppl = {k: v[0] for k, v in gpt_results.items()}
-assert ppl["fp32"] < ppl["GPTQ 4-bit g32 act-order"] < ppl["RTN 4-bit g32"]
+assert abs(ppl["GPTQ 4-bit g32 act-order"] / ppl["fp32"] - 1) < 0.02  # within 2 % of fp32 on this small model
 assert ppl["GPTQ 4-bit"] < ppl["RTN 4-bit"] and ppl["GPTQ 3-bit"] < ppl["RTN 3-bit"]
 assert ppl["GPTQ 3-bit g32 act-order"] < ppl["RTN 3-bit g32"]
 for key, name in [("fp32", "fp32"), ("RTN 4-bit", "rtn4"), ("GPTQ 4-bit", "gptq4"), ("RTN 3-bit", "rtn3"),
@@ -557,6 +570,131 @@ glue("ch05_minilm_gptq3_cos", f"{m['GPTQ 3-bit act-order'][1]:.3f}", display=Fal
 # queries (embedding cosine {glue:text}`ch05_minilm_rtn3_cos`), GPTQ with act-order for
 # {glue:text}`ch05_minilm_gptq3` (cosine {glue:text}`ch05_minilm_gptq3_cos`).
 #
+# A top-1 agreement well below 100 % does not mean the quantized encoder retrieves wrong speeches: it means that for
+# that share of queries its nearest speech differs from the fp32 encoder's, often a near-tie among similar speeches.
+# For retrieval, the cosine to the fp32 embeddings and the fp32 encoder's own accuracy are what to watch: an index
+# built with one encoder and queried with the other would see exactly these disagreements.
+#
+# ### A real LLM: SmolLM2-135M
+#
+# On chapter 1's 0.8 M-parameter GPT, RTN is already nearly lossless at 4 bits, so the reason GPTQ exists — RTN
+# falling apart at 3–4 bits on real language models — does not show. SmolLM2-135M (Llama architecture, 30 decoder
+# layers, 134.5 M parameters, `minillm.pretrained.load_smollm2()`) does show it. `studies/ch05_smollm2.py` quantizes
+# all 210 linears of its decoder layers, layer by layer, each layer calibrated on the outputs of the already
+# quantized layers before it (`minillm.quant.quantize_decoder`); embeddings and the tied head stay as loaded.
+# Calibration: random 256-token windows of eight plays the evaluation corpus does not contain
+# (`minillm.quant.CALIB_PLAYS`), cut from one token stream, so no window is padded and every position belongs in the
+# Hessians. Evaluation: perplexity on non-overlapping 256-token windows of held-out Shakespeare (the last 10 % of
+# chapter 1's corpus). The study takes tens of CPU minutes, too long for this notebook; here we read its result.
+#
+# **The baseline.** The model file stores its linears as Q4_1 (4-bit, groups of 32 weights, $w = d\,q + m$ with a
+# real-valued offset $m$), so "fp" is those weights dequantized to float32. One might expect RTN with 4 bits and
+# groups of 32 to give them back exactly. It does not with GPTQ's grid, whose zero point is an integer: the study
+# measures what share of weights each grid reproduces.
+
+# %%
+from minillm.core.bench import read_results, results_path
+from minillm.core.claims import ClaimError, mean_ci
+from minillm.core.paths import project_root
+from minillm.quant import GAP_TARGETS, gap_claim, study_closures, study_ppl
+
+study_path = results_path("ch05_smollm2", "tiny", "cpu", project_root() / "studies" / "results")
+study = read_results(study_path, "python studies/ch05_smollm2.py")
+st = study["settings"]
+print(f"{st['model']}; calibration {st['calib_windows']} x {st['ctx']} tokens per seed, "
+      f"evaluation {st['eval_windows']} x {st['ctx']} tokens; {len(study['runs'])} runs in the file")
+for layer, r in study["q4_1"].items():
+    print(f"  {layer:22s} 4-bit g32, integer zero point: {r['integer_zero_exact']:6.1%} of weights exact "
+          f"(mean error {r['integer_zero_mean_error_steps']:.2f} steps);  min + s*q grid: {r['real_offset_exact']:6.1%}")
+q41 = list(study["q4_1"].values())
+assert all(r["real_offset_exact"] > 0.99 and r["integer_zero_exact"] < 0.05 for r in q41)
+glue("ch05_q41_int", f"{max(r['integer_zero_exact'] for r in q41):.1%}", display=False)
+
+# %% [markdown]
+# At most {glue:text}`ch05_q41_int` of the weights come back exactly with the integer zero point; the grid
+# $w = \min + s\,q$, $s = (\max - \min)/15$ gives back every one of them. So RTN 4-bit g32 does not reproduce the
+# file, and the chapter compares per-channel grids (one scale per output row, where RTN hurts most) and groups of 64
+# (576 input features = 9 × 64).
+#
+# The table puts the GPTQ paper's OPT-125M results beside ours — **the paper's numbers, not ours**: WikiText-2
+# perplexity, per channel {cite}`frantar2023gptq`. Different model, data and tokenizer: compare the pattern, not
+# the values.
+
+# %%
+PAPER_OPT125M = {"fp": 27.65, "RTN 4-bit": 37.28, "GPTQ 4-bit": 31.12, "GPTQ 3-bit": 53.85}  # the paper's numbers
+
+
+def row(label, ppls, paper_key=None):
+    paper = PAPER_OPT125M.get(paper_key or label, None)
+    cell = "-" if not ppls else (f"{ppls[0]:8.2f}" if len(ppls) == 1 else
+                                 f"{sum(ppls) / len(ppls):8.2f} ({len(ppls)} seeds: {min(ppls):.1f}-{max(ppls):.1f})")
+    print(f"{label:34s} {cell:32s} {'' if paper is None else f'{paper:7.2f}'}")
+
+
+print(f"{'SmolLM2-135M, held-out Shakespeare':34s} {'perplexity (ours)':32s} OPT-125M, WikiText-2 (paper)")
+fp_ppl = study_ppl(study, "fp")
+row("fp (Q4_1 file, dequantized)", fp_ppl, "fp")
+for bits_ in (4, 3):
+    row(f"RTN {bits_}-bit", study_ppl(study, "rtn", bits_))
+    row(f"GPTQ {bits_}-bit act-order", study_ppl(study, "gptq", bits_, -1, True), f"GPTQ {bits_}-bit")
+    row(f"GPTQ {bits_}-bit no act-order", study_ppl(study, "gptq", bits_, -1, False), "-")
+for bits_ in (4, 3):
+    row(f"RTN {bits_}-bit g64", study_ppl(study, "rtn", bits_, 64))
+    row(f"GPTQ {bits_}-bit g64 act-order", study_ppl(study, "gptq", bits_, 64, True))
+row("RTN 4-bit g32 (the file's groups)", study_ppl(study, "rtn", 4, 32))
+rtn4, rtn3 = study_ppl(study, "rtn", 4), study_ppl(study, "rtn", 3)
+assert fp_ppl and rtn4 and rtn3 and fp_ppl[0] < rtn4[0] < rtn3[0]
+glue("ch05_sm_fp", f"{fp_ppl[0]:.1f}", display=False)
+glue("ch05_sm_rtn4", f"{rtn4[0]:.1f}", display=False)
+glue("ch05_sm_rtn3", f"{rtn3[0]:.0f}", display=False)
+
+# %% [markdown]
+# Per channel, RTN takes the perplexity from {glue:text}`ch05_sm_fp` to {glue:text}`ch05_sm_rtn4` at 4 bits and
+# {glue:text}`ch05_sm_rtn3` at 3 bits: on a real LLM round-to-nearest falls apart. The measure of GPTQ is the share
+# of that gap it closes, $(\mathrm{ppl}_\mathrm{RTN} - \mathrm{ppl}_\mathrm{GPTQ}) /
+# (\mathrm{ppl}_\mathrm{RTN} - \mathrm{ppl}_\mathrm{fp})$, with a 95 % interval over calibration seeds, judged
+# against 60 % at 4 bits and 75 % at 3 bits:
+
+# %%
+for bits_ in (4, 3):
+    closed = study_closures(study, bits_)
+    assert all(c > 0 for c in closed), closed  # every seed: GPTQ better than RTN
+    if len(closed) >= 2:
+        ci = mean_ci(closed)
+        try:
+            gap_claim(closed, bits_)
+            what = f"lies above {GAP_TARGETS[bits_]:.0%}"
+        except ClaimError:
+            what = f"does not lie above {GAP_TARGETS[bits_]:.0%}: this run does not support that target"
+        text_ = f"{ci.format('.2f')} (95 % interval, {len(closed)} seeds); the interval {what}"
+    elif closed:
+        text_ = f"{closed[0]:.2f} (one calibration seed so far: no interval)"
+    else:
+        text_ = "not measured in this run of the study"
+    print(f"{bits_}-bit per channel, GPTQ act-order closes {text_}")
+    glue(f"ch05_sm_gap{bits_}", text_, display=False)
+
+# %% [markdown]
+# At 4 bits GPTQ closes {glue:text}`ch05_sm_gap4` of RTN's gap; at 3 bits {glue:text}`ch05_sm_gap3`.
+
+# %% tags=["nbval-ignore-output"]
+fig, ax = plt.subplots(figsize=(7, 3.8))
+bars = [(label, ppls) for label, ppls in [
+    ("fp", fp_ppl), ("RTN 4", rtn4), ("GPTQ 4", study_ppl(study, "gptq", 4, -1, True)), ("RTN 3", rtn3),
+    ("GPTQ 3", study_ppl(study, "gptq", 3, -1, True)), ("RTN 3 g64", study_ppl(study, "rtn", 3, 64)),
+    ("GPTQ 3 g64", study_ppl(study, "gptq", 3, 64, True))] if ppls]
+for i, (label, ppls) in enumerate(bars):
+    ax.bar(i, sum(ppls) / len(ppls), color="C0" if "GPTQ" in label else ("C1" if "RTN" in label else "C2"))
+    ax.plot([i] * len(ppls), ppls, "k.", ms=6)
+ax.set_xticks(range(len(bars)), [b[0] for b in bars])
+ax.set_yscale("log")
+ax.set_ylabel("perplexity, held-out Shakespeare (log)")
+ax.set_title("SmolLM2-135M, per channel unless g64; dots are calibration seeds")
+plt.tight_layout()
+plt.show()
+assert len(bars) >= 3 and all(p > 1 for _, ppls in bars for p in ppls)
+
+# %% [markdown]
 # ## 9. Packing into int32, and a Triton kernel
 #
 # A quantized layer is stored as integer codes, not as the floats `Q`. The layout common GPTQ kernels read, for
@@ -579,9 +717,12 @@ assert torch.equal(packed.dequantize(), layer_q.weight.data.T)  # lossless: the 
 
 # %% [markdown]
 # The kernel (`minillm/quant/triton_matmul.py`) gives each program a tile of $y$; walking over $K$ it loads packed
-# words, shifts and masks out the codes, gathers each row's scale and zero point through `g_idx` (so act-order costs
-# nothing extra), and accumulates $x \hat W$ in float32. At $M = 1$ it uses a multiply–reduce, for larger $M$
-# `tl.dot`. On this machine it runs in Triton's interpreter, so here we check correctness; speed needs a GPU
+# words, shifts and masks out the codes, and accumulates $x \hat W$ in float32. It reads a copy regrouped once at
+# load time (`packed.for_kernel()`): rows sorted by group, so a tile needs one scale and zero vector and only $x$ is
+# gathered through `g_idx`; at $M = 1$ it turns codes into floats with a bit trick and scales once per group, for
+# larger $M$ it uses `tl.dot`. 3-bit layers pack 32 rows into 3 words. What act-order's gather of $x$ costs on a GPU
+# is measured by `benchmarks/ch05_quant_matmul_gpu.py`; no GPU run exists yet, so this chapter makes no claim about
+# it. On this machine it runs in Triton's interpreter, so here we check correctness; speed needs a GPU
 # (section 10).
 
 # %% tags=["nbval-ignore-output"]
@@ -603,7 +744,7 @@ else:
 # `QuantLinear` (packed buffers, the Triton kernel where it can run, the pure-torch dequantize-and-matmul
 # otherwise), and the loss is the one of the fake-quantized model:
 
-# %% tags=["nbval-ignore-output"]
+# %%
 from minillm.quant.linear import to_quant_linear
 
 packed_model = copy.deepcopy(qmodel)
@@ -616,19 +757,46 @@ with torch.no_grad():
     first = packed_model.blocks[0].mlp.c_fc
     first.backend = "triton" if triton_matmul.can_run(ctx.device) else "torch"
     loss_kernel = packed_model(xb, yb)[1].item()  # one block's MLP input layer on the Triton kernel
-print(f"loss: fake-quantized {loss_fake:.5f}, packed (torch) {loss_packed:.5f}, with a Triton layer {loss_kernel:.5f}")
-assert abs(loss_fake - loss_packed) < 1e-4 and abs(loss_fake - loss_kernel) < 1e-3
+assert abs(loss_fake - loss_packed) < 1e-4 and abs(loss_fake - loss_kernel) < 1e-3, (loss_fake, loss_packed, loss_kernel)
+print("loss of the packed model == fake-quantized model's (to 1e-4; to 1e-3 with a kernel layer)")
+
+# %% [markdown]
+# ### Save, reload, generate
+#
+# `pack_model` turns every quantized linear into a `QuantLinear`; `save_quantized` writes the tensors as safetensors
+# (for each layer `qweight`, `scales`, `qzeros`, `g_idx`, `bias` — the names common GPTQ tools read) and a JSON
+# beside them with `quantize_config` (`bits`, `group_size`, `desc_act`, `sym`) and each layer's bits.
+# `load_quantized` rebuilds the packed layers inside a fresh GPT and loads every tensor strictly. The reloaded model
+# must generate exactly the tokens the quantized model generates:
+
+# %%
+from minillm.gpt import generate
+from minillm.quant import load_quantized, pack_model, save_quantized
+
+save_gpt = copy.deepcopy(qmodel)
+names = pack_model(save_gpt, save_gpt.blocks, report, backend="torch")
+saved = save_quantized(save_gpt, cache_dir() / "ch05" / "gpt-gptq4-g32.safetensors", report)
+reloaded = load_quantized(GPT(gpt_cfg).to(ctx.device).eval(), saved, backend="torch")
+prompt = tokenizer.encode("ROMEO:\n")[None].to(ctx.device)  # (1, T)
+with torch.no_grad():
+    want = generate(qmodel, prompt, 60, top_k=1)
+    got = generate(reloaded, prompt, 60, top_k=1)
+print(f"{len(names)} packed layers, files: {saved.name} + {saved.with_suffix('.json').name}")
+print("quantize_config:", json.loads(saved.with_suffix(".json").read_text())["quantize_config"])
+print("reloaded model generates the same 60 tokens:", torch.equal(want, got))
+assert torch.equal(want, got)
 
 # %% [markdown]
 # ## 10. Measure: OBQ vs GPTQ time, and the GPU kernel
 #
 # `benchmarks/ch05_gptq_cpu.py` times OBQ, the straightforward one-order algorithm (step 1) and GPTQ on square layers
-# of growing size, and runs the chapter's bar: GPTQ of a $4096 \times 4096$ layer against the straightforward
-# algorithm in one run.
+# of growing size, and GPTQ of a $4096 \times 4096$ layer against the straightforward algorithm in one run. That
+# second comparison is against a strawman: no one quantizes with explicit downdates. It shows what the Cholesky and
+# block reformulation buy, not that this implementation is fast; the comparison that would say so (against a
+# well-tuned implementation of the same loop, and against the FLOP count's floor on this CPU) is not made in this
+# chapter.
 
 # %% tags=["nbval-ignore-output"]
-from minillm.core.bench import read_results, results_path
-
 bench = read_results(results_path("ch05_gptq_cpu", ctx.profile.name, "cpu"), "python benchmarks/ch05_gptq_cpu.py")
 sizes = [r["size"] for r in bench["curve"]]
 fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -646,7 +814,7 @@ plt.show()
 b = bench["bar"]
 le = b["layer_error"]
 print(f"{b['size']}x{b['size']}: GPTQ {b['gptq_seconds']:.1f} s, straightforward {b['reference_seconds']:.1f} s, "
-      f"ratio {b['ratio_gptq_over_reference']:.2f} (bar <= {b['required_ratio_at_most']})")
+      f"ratio {b['ratio_gptq_over_reference']:.2f}")
 print(f"weights differ by {b['relative_difference']:.1e} (relative); layer error GPTQ {le['gptq']:.6g}, "
       f"straightforward {le['reference']:.6g}, RTN {le['rtn']:.6g}")
 assert abs(le["gptq"] - le["reference"]) / le["reference"] < 1e-3 and le["gptq"] < 0.5 * le["rtn"]
