@@ -129,8 +129,8 @@ def merge(path: Path, others: list[Path], device) -> Path:
             raise ValueError(f"{other} ran other models or another schedule than {path}; merge only runs of one study")
         runs += [r for r in data["runs"] if (r["tag"], r["seed"]) not in keys]
         keys |= {(r["tag"], r["seed"]) for r in data["runs"]}
-        main["complete"] = main["complete"] and data["complete"]
     main["seeds"] = sorted({r["seed"] for r in runs})
+    main["complete"] = keys == {(m, s) for m in main["models"] for s in main["seeds"]}  # every model on every seed
     main["runs"] = runs
     main.pop("machine", None)
     write_results(path, main, device)

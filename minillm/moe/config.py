@@ -127,8 +127,8 @@ def dense_baseline(cfg: MoEConfig, match: Literal["active", "total"]) -> MoEConf
     return replace(cfg, ffn="dense", expert_mult=experts * cfg.expert_mult, capacity_factor=None)
 
 
-#: The tiny profile's schedule: chapter 1's (AdamW, warm-up then cosine, clip 1.0) over 1,000 steps of 32 windows.
-MOE_TRAIN_TINY = LMTrainConfig(max_iters=1000, batch_size=32, learning_rate=2e-3, min_lr=2e-4, warmup_iters=100,
+#: The tiny profile's schedule: chapter 1's (AdamW, warm-up then cosine, clip 1.0) over 800 steps of 32 windows.
+MOE_TRAIN_TINY = LMTrainConfig(max_iters=800, batch_size=32, learning_rate=2e-3, min_lr=2e-4, warmup_iters=80,
                                weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0, eval_interval=100, eval_iters=4)
 #: makeMoE's schedule: 5,000 steps of 16 windows of 32 characters, AdamW at a constant 1e-3, no clipping.
 MOE_TRAIN_FULL = LMTrainConfig(max_iters=5000, batch_size=16, learning_rate=1e-3, min_lr=1e-3, warmup_iters=0,
