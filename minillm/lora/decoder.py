@@ -92,7 +92,7 @@ class DecoderFinetuneConfig:
     grad_clip: float = 1.0
     seed: int = 0
 
-    SMOKE_CAPS: ClassVar[dict[str, int]] = {"train_examples": 8, "val_examples": 4, "test_examples": 4,
+    SMOKE_CAPS: ClassVar[dict[str, int]] = {"train_examples": 16, "val_examples": 4, "test_examples": 4,
                                             "max_steps": 1, "warmup_steps": 1}
 
     def __post_init__(self):

@@ -118,3 +118,11 @@ def test_training_state_bytes_counts_weights_grads_and_adam_moments():
     state = training_state_bytes(model, opt)
     assert (state.weights, state.gradients, state.optimizer, state.total) == (
         4 * n_all, 4 * n_train, 8 * n_train, 4 * n_all + 12 * n_train)
+
+
+def test_smoke_capped_decoder_preset_still_fills_one_batch():
+    from minillm.lora import DECODER_FINETUNE_FULL, DECODER_FINETUNE_TINY
+
+    for profile in (Profile("full", smoke=True), Profile("tiny", smoke=True)):
+        cfg = profile.pick(DECODER_FINETUNE_TINY, DECODER_FINETUNE_FULL)
+        assert cfg.train_examples >= cfg.batch_size and cfg.max_steps == 1, profile
