@@ -32,3 +32,13 @@ def test_notebook_loop_and_batched_equal_package():
     batched_nb.load_state_dict(batched_pkg.state_dict(), strict=False)
     torch.testing.assert_close(batched_nb(x), batched_pkg(x), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(batched_nb(x), loop(x), atol=1e-5, rtol=1e-5)
+
+
+def test_notebook_rope_rotation_equals_package():
+    from minillm.gpt.rope import RotaryEmbedding, apply_rope
+
+    ns = exec_tagged_cells(NOTEBOOK)
+    x = torch.randn(2, 3, 20, 16)
+    for positions, base in ((torch.arange(20), 10_000.0), (torch.arange(300, 320), 500.0)):
+        torch.testing.assert_close(ns["rope_rotate"](x, positions, base), apply_rope(x, *RotaryEmbedding(16, base)(positions)),
+                                   atol=1e-5, rtol=1e-5)
