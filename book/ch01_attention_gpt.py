@@ -432,8 +432,9 @@ ctx.profile.assert_full_length(history.batch_loss[-1] < history.batch_loss[0] - 
 # {glue:text}`ch01_iters` iterations, which took {glue:text}`ch01_wall_min` minutes of wall time and
 # {glue:text}`ch01_cpu_min` minutes of CPU time for {glue:text}`ch01_params` parameters. At the last evaluation the
 # estimated validation loss ({glue:text}`ch01_val_est`) was {glue:text}`ch01_gap` nats above the training one
-# ({glue:text}`ch01_train_est`), each estimated on a few random batches: that difference is the beginning of
-# overfitting, and it is what a longer run would have to watch.
+# ({glue:text}`ch01_train_est`), each estimated on a few random batches. The validation text is the last tenth of the
+# corpus, from other plays than most of the training text, so part of that difference may be a change of text rather
+# than overfitting; this run does not tell the two apart, and a longer run would have to watch the gap.
 #
 # ### What did the heads learn?
 #
