@@ -765,11 +765,12 @@ assert all(r >= 0.8 for r in ratio.values()), "no dispatch is much faster than t
 # {glue:text}`ch02_speed_small`× and {glue:text}`ch02_speed_large`× as fast as makeMoE's masked loop. At a few
 # tokens the experts' products are tiny and fixed costs dominate: building the slot indices, one synchronisation
 # to size the buffer (`int(slot.max())`), allocations and the gather and scatter. With many tokens the products
-# dominate, and what remains is the padding: every expert's buffer is as long as the busiest expert's, here
+# dominate, and the padding becomes part of the cost: every expert's buffer is as long as the busiest expert's, here
 # {glue:text}`ch02_pad_large` rows computed per useful row at {glue:text}`ch02_bench_large` tokens even with the
-# near-uniform routing of an untrained router. Production kernels avoid the padding with a grouped matrix
-# multiplication over variable-sized groups {cite}`gale2023megablocks`. These timings come from a shared machine
-# under load; the benchmark's JSON records the load average.
+# near-uniform routing of an untrained router; the gather and scatter of every assignment come on top. Production
+# kernels avoid the padding with a grouped matrix multiplication over variable-sized groups
+# {cite}`gale2023megablocks`. These timings come from a shared machine under heavy load (the JSON records the load
+# average), which disturbs the larger sizes most: read them as rough, and rerun the benchmark on an idle machine.
 
 # %% [markdown]
 # ## Summary
