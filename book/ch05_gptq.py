@@ -626,7 +626,7 @@ PAPER_OPT125M = {"fp": 27.65, "RTN 4-bit": 37.28, "GPTQ 4-bit": 31.12, "GPTQ 3-b
 
 def row(label, ppls, paper_key=None):
     paper = PAPER_OPT125M.get(paper_key or label, None)
-    cell = "-" if not ppls else (f"{ppls[0]:8.2f}" if len(ppls) == 1 else
+    cell = f"{'-':>8s}" if not ppls else (f"{ppls[0]:8.2f}" if len(ppls) == 1 else
                                  f"{sum(ppls) / len(ppls):8.2f} ({len(ppls)} seeds: {min(ppls):.1f}-{max(ppls):.1f})")
     print(f"{label:34s} {cell:32s} {'' if paper is None else f'{paper:7.2f}'}")
 
@@ -775,7 +775,7 @@ from minillm.quant import load_quantized, pack_model, save_quantized
 
 save_gpt = copy.deepcopy(qmodel)
 names = pack_model(save_gpt, save_gpt.blocks, report, backend="torch")
-saved = save_quantized(save_gpt, cache_dir() / "ch05" / "gpt-gptq4-g32.safetensors", report)
+saved = save_quantized(save_gpt, cache_dir() / "ch05" / f"gpt-{ctx.profile.name}-gptq4-g32.safetensors", report)
 reloaded = load_quantized(GPT(gpt_cfg).to(ctx.device).eval(), saved, backend="torch")
 prompt = tokenizer.encode("ROMEO:\n")[None].to(ctx.device)  # (1, T)
 with torch.no_grad():
