@@ -245,6 +245,7 @@ print("mean-of-means gradient: more than 10 % off the full batch's, relative to 
 
 # %% tags=["nbval-ignore-output"]
 glue("ch04_mom_err", f"{100 * results['mean of means'][1]:.0f} %", display=False)
+assert results["mean of means"][1] > 0.1, "the mean of per-micro-batch means should give a visibly wrong gradient here"
 print(f"mean of means: relative gradient error {results['mean of means'][1]:.2f}; "
       f"loss {results['mean of means'][0]:.4f} against the full batch's {full_loss.item():.4f}")
 
@@ -364,6 +365,7 @@ assert refused is not None and refused.saved_bytes > refused.cap_bytes
 # %% tags=["nbval-ignore-output"]
 # (the byte counts depend on the attention kernel: a GPU's fused attention saves less than the CPU's)
 print(refused)
+assert "accumulation_steps=16" in str(refused) and "micro_batch_size=1" in str(refused), refused
 glue("ch04_refused", str(refused), display=False)
 
 # %% [markdown]

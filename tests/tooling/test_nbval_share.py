@@ -28,8 +28,8 @@ def _ignored_result_cells_without_assert(path) -> list[str]:
             continue
         if "chapter_setup(" in cell.source or ASSERTS.search(cell.source):
             continue
-        texts = [o for o in cell.outputs if o.output_type == "stream" or "text/plain" in o.get("data", {})
-                 and "image/png" not in o.get("data", {})]
+        texts = [o for o in cell.outputs if o.output_type == "stream" and o.name == "stdout"  # not progress bars
+                 or "text/plain" in o.get("data", {}) and "image/png" not in o.get("data", {})]
         if texts:
             found.append(f"cell {i} ({cell.source.strip().splitlines()[0][:60]!r})")
     return found
