@@ -211,30 +211,35 @@ class GPT(nn.Module):
         return logits, loss
 
     def _check_inputs(self, idx: torch.Tensor, targets: torch.Tensor | None, cache: KVCache | None) -> None:
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(getattr(idx, 'shape', ()))}; "
-                             "add a batch dimension with idx.unsqueeze(0)")
-        if idx.dtype not in (torch.long, torch.int32, torch.int64):
-            raise ValueError(f"idx must hold integer token ids (torch.long), got {idx.dtype}; "
-                             "encode text with the tokenizer, or call idx.long()")
-        if idx.size(1) == 0:
-            raise ValueError("idx holds no tokens (T = 0); give at least one token")
-        if idx.device != self.wte.weight.device:
-            raise ValueError(f"idx is on {idx.device} but the model is on {self.wte.weight.device}; "
-                             f"move it with idx.to({str(self.wte.weight.device)!r})")
-        lo, hi = torch.aminmax(idx)
-        if lo.item() < 0 or hi.item() >= self.config.vocab_size:
-            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}) (the vocabulary), got values in "
-                             f"[{lo.item()}, {hi.item()}]; encode with the tokenizer the model was built for")
-        if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != idx.shape):
-            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got "
-                             f"{tuple(getattr(targets, 'shape', ()))}; pass the next token of every position")
+        check_token_batch(idx, targets, self.config.vocab_size, self.wte.weight.device)
         if cache is not None:
             if not isinstance(cache, KVCache) or len(cache.layers) != self.config.n_layer:
                 raise ValueError("cache must be a KVCache with one layer per block; make it with model.new_cache(B)")
             if cache.layers[0].k.size(0) != idx.size(0):
                 raise ValueError(f"the cache was made for batch size {cache.layers[0].k.size(0)}, idx has "
                                  f"{idx.size(0)} sequences; make a new one with model.new_cache({idx.size(0)})")
+
+
+def check_token_batch(idx: torch.Tensor, targets: torch.Tensor | None, vocab_size: int, device: torch.device) -> None:
+    """Reject what a language model cannot read: ``idx`` must be (B, T) integer ids in [0, vocab_size) on ``device``,
+    with T >= 1, and ``targets`` (when given) of the same shape. Each error names the problem and the fix."""
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(getattr(idx, 'shape', ()))}; "
+                         "add a batch dimension with idx.unsqueeze(0)")
+    if idx.dtype not in (torch.long, torch.int32):
+        raise ValueError(f"idx must hold integer token ids (torch.long), got {idx.dtype}; "
+                         "encode text with the tokenizer, or call idx.long()")
+    if idx.size(1) == 0:
+        raise ValueError("idx holds no tokens (T = 0); give at least one token")
+    if idx.device != device:
+        raise ValueError(f"idx is on {idx.device} but the model is on {device}; move it with idx.to({str(device)!r})")
+    lo, hi = torch.stack(torch.aminmax(idx)).tolist()
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"token ids must lie in [0, {vocab_size}) (the vocabulary), got values in "
+                         f"[{lo}, {hi}]; encode with the tokenizer the model was built for")
+    if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != idx.shape):
+        raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got "
+                         f"{tuple(getattr(targets, 'shape', ()))}; pass the next token of every position")
 
 
 def load_gpt(path: str | Path, device: torch.device | str = "cpu") -> GPT:

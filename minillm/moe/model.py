@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from minillm.gpt.attention import CausalSelfAttention
 from minillm.gpt.kv_cache import KVCache, LayerKVCache
+from minillm.gpt.model import check_token_batch
 from minillm.moe.config import MoEConfig
 from minillm.moe.experts import activation_fn
 from minillm.moe.init import init_weights
@@ -150,28 +151,11 @@ class MoELM(nn.Module):
 
     def _check_inputs(self, idx: torch.Tensor, targets: torch.Tensor | None, cache: KVCache | None) -> None:
         cfg = self.config
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(getattr(idx, 'shape', ()))}; "
-                             "add a batch dimension with idx.unsqueeze(0)")
-        if idx.dtype not in (torch.long, torch.int32):
-            raise ValueError(f"idx must hold integer token ids (torch.long), got {idx.dtype}; "
-                             "encode text with the tokenizer, or call idx.long()")
-        if idx.size(1) == 0:
-            raise ValueError("idx holds no tokens (T = 0); give at least one token")
-        if idx.device != self.wte.weight.device:
-            raise ValueError(f"idx is on {idx.device} but the model is on {self.wte.weight.device}; "
-                             f"move it with idx.to({str(self.wte.weight.device)!r})")
+        check_token_batch(idx, targets, cfg.vocab_size, self.wte.weight.device)
         start = cache.position if isinstance(cache, KVCache) else 0
         if start + idx.size(1) > cfg.block_size:
             raise ValueError(f"sequence length {start + idx.size(1)} exceeds block_size={cfg.block_size}; "
                              f"crop the context to the last {cfg.block_size} tokens (generate() does this for you)")
-        lo, hi = torch.stack(torch.aminmax(idx)).tolist()
-        if lo < 0 or hi >= cfg.vocab_size:
-            raise ValueError(f"token ids must lie in [0, {cfg.vocab_size}) (the vocabulary), got values in "
-                             f"[{lo}, {hi}]; encode with the tokenizer the model was built for")
-        if targets is not None and (not isinstance(targets, torch.Tensor) or targets.shape != idx.shape):
-            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got "
-                             f"{tuple(getattr(targets, 'shape', ()))}; pass the next token of every position")
         if cache is not None:
             if not isinstance(cache, KVCache) or len(cache.layers) != cfg.n_layer or cache.window is not None:
                 raise ValueError("cache must be a fixed KVCache with one layer per block; make it with "
